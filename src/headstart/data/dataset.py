@@ -1,0 +1,108 @@
+"""The labeled dataset every loader returns, and the train/val/test splits of one.
+
+Items are file paths (images or texts on disk) or in-memory arrays (``uint8`` images of shape
+``(N, H, W, 3)``, from numpy arrays or the shapes generator). Labels are class indices into
+``classes``. Items that could not be used are kept in ``problems`` with the reason: reported,
+never silently dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An item that was skipped, and why (e.g. a truncated JPEG)."""
+
+    item: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.item}: {self.reason}"
+
+
+@dataclass
+class LabeledDataset:
+    items: Sequence[Any] | np.ndarray  # list of paths (str), or uint8 array (N, H, W, 3)
+    labels: np.ndarray  # int64 (N,)
+    classes: list[str]
+    modality: str = "image"  # "image" | "text"
+    source: str = ""  # where it came from, for reports ("folder:/data/x", "shapes:seed=0", ...)
+    problems: list[Problem] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if len(self.items) != len(self.labels):
+            raise ValueError(f"{len(self.items)} items but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.items, np.ndarray)
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> "LabeledDataset":
+        index = np.asarray(index, dtype=np.int64)
+        items = self.items[index] if self.in_memory else [self.items[i] for i in index]
+        return LabeledDataset(items, self.labels[index], list(self.classes), self.modality, self.source, [])
+
+    def counts(self) -> dict[str, int]:
+        c = np.bincount(self.labels, minlength=len(self.classes))
+        return {name: int(n) for name, n in zip(self.classes, c)}
+
+    def item_name(self, i: int) -> str:
+        """A human name for item ``i`` (its path, or ``source[i]``)."""
+        return str(self.items[i]) if not self.in_memory else f"{self.source}[{i}]"
+
+    def load(self, i: int):
+        """Item ``i`` ready for a backbone's transform: a PIL RGB image (or the text)."""
+        from .images import open_image
+
+        if self.modality == "text":
+            return self.items[i] if self.in_memory else Path(self.items[i]).read_text(encoding="utf-8")
+        if self.in_memory:
+            from PIL import Image
+
+            return Image.fromarray(np.ascontiguousarray(self.items[i])).convert("RGB")
+        return open_image(self.items[i])
+
+    def item_bytes(self, i: int) -> bytes:
+        """The raw content of item ``i``, for content-keyed caches."""
+        if self.in_memory:
+            a = np.ascontiguousarray(self.items[i])
+            return str(a.shape).encode() + a.tobytes()
+        return Path(self.items[i]).read_bytes()
+
+
+@dataclass
+class Splits:
+    train: LabeledDataset
+    val: LabeledDataset | None = None
+    test: LabeledDataset | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        return {name: ds.counts() for name, ds in (("train", self.train), ("val", self.val), ("test", self.test)) if ds is not None}
+
+
+class TorchDataset:
+    """A ``torch.utils.data.Dataset`` view of a :class:`LabeledDataset`: ``(transform(item), label)``."""
+
+    def __init__(self, ds: LabeledDataset, transform):
+        self.ds = ds
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.ds.load(i)), int(self.ds.labels[i])
