@@ -1,6 +1,6 @@
 """Small convolutional networks trained from scratch: the seed example's CNN and a tiny test net.
 
-``scratch_cnn``: two conv blocks (conv-BN-ReLU x2, max-pool) and a dense layer on a 4x4 pooled
+``scratch_cnn``: two conv blocks (conv-BN-ReLU, max-pool) and a dense layer on a 4x4 pooled
 map, 64x64 input: the "learn circles/squares/triangles, transfer to stars/pentagons/hexagons"
 network of the demo. ``tiny_cnn``: a few thousand parameters, 32x32 input, for fast tests.
 Both start from random weights (``pretrained`` has nothing to load; ``weights`` loads a file).
@@ -66,7 +66,7 @@ def _load_weights(bb: Backbone, weights: str | None) -> Backbone:
 @register_backbone("scratch_cnn", description="small CNN from scratch: 2 conv blocks + dense, 64px (the demo's network)")
 def scratch_cnn(*, pretrained: bool = True, weights: str | None = None, **kwargs: Any) -> ScratchCNN:
     del pretrained  # random init: there is nothing pretrained to load
-    bb = ScratchCNN(name="scratch_cnn", widths=(32, 64), convs_per_block=2, pool=4, dim=128, input_size=64, **kwargs)
+    bb = ScratchCNN(name="scratch_cnn", widths=(32, 64), convs_per_block=1, pool=4, dim=128, input_size=64, **kwargs)
     return _load_weights(bb, weights)
 
 

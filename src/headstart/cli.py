@@ -1,0 +1,167 @@
+"""The ``headstart`` command: thin commands over the library (each calls one library function)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import HeadstartError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Transfer learning for PyTorch: a strong classifier from a small labeled dataset.")
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False)], force=True)
+    logging.getLogger("headstart").setLevel(logging.INFO)
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show third-party log messages.")) -> None:
+    _setup_logging(verbose)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo's runs."),
+    n_per_class: int = typer.Option(300, help="Images per shape class."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Learn circles/squares/triangles, transfer to stars/pentagons/hexagons; compare with scratch and ImageNet."""
+    from .demo import run_demo
+
+    run_demo(out=out, n_per_class=n_per_class, seed=seed)
+
+
+@app.command()
+def backbones(modality: Optional[str] = typer.Option(None, help="Only 'image' or 'text' backbones.")) -> None:
+    """List the backbones that can be used, and which work offline."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .backbones import list_backbones
+
+    table = Table("name", "modality", "offline", "description")
+    for b in list_backbones(modality):
+        table.add_row(b.name, b.modality, "yes" if b.offline else f"no ({b.offline_note})", b.description)
+    Console().print(table)
+
+
+@app.command()
+def fit(
+    data: str = typer.Argument(..., help="Image folder (root/<class>/*, optional train/val/test), CSV manifest, .npz, or 'shapes:<names>'."),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone name (see 'headstart backbones'), timm:<name> or run:<folder>."),
+    strategy: str = typer.Option("linear", "--strategy", "-s", help="linear | finetune"),
+    head: str = typer.Option("logreg", help="logreg | mlp"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<backbone>-<strategy>-<time>)."),
+    weights: Optional[str] = typer.Option(None, help="Local weights file or folder for the backbone."),
+    val: float = typer.Option(0.15, help="Validation fraction when the data has no val/ folder."),
+    test: float = typer.Option(0.15, help="Test fraction when the data has no test/ folder."),
+    seed: int = typer.Option(0),
+    epochs: int = typer.Option(20),
+    lr: float = typer.Option(1e-3),
+    batch_size: int = typer.Option(64),
+    class_weights: Optional[str] = typer.Option(None, help="'balanced' to weight classes by inverse frequency."),
+    strict: bool = typer.Option(False, help="Fail on the first unreadable image instead of skipping it."),
+    no_cache: bool = typer.Option(False, help="Do not read or write the feature cache."),
+    runtime: str = typer.Option("auto", help="Feature extraction runtime: auto | onnx | torch."),
+    overwrite: bool = typer.Option(False, help="Overwrite an existing run folder given with --out."),
+) -> None:
+    """Train a classifier by transfer learning and write a run folder."""
+    from . import fit as fit_fn
+
+    model = fit_fn(
+        data, backbone=backbone, strategy=strategy, head=head, out=out, weights=weights, val=val, test=test, seed=seed,
+        epochs=epochs, lr=lr, batch_size=batch_size, class_weights=class_weights, strict=strict, cache=not no_cache,
+        runtime=runtime, progress=True, overwrite=overwrite,
+    )
+    _print_fit_summary(model)
+
+
+def _print_fit_summary(model) -> None:
+    from rich.console import Console
+
+    c = Console()
+    m = model.metrics
+    for split in ("test", "val"):
+        if split in m:
+            s = m[split]
+            c.print(f"[bold]{split}[/bold]: accuracy {s['accuracy']:.4f}  log loss {s['log_loss']:.4f}  macro F1 {s['macro_f1']:.4f}  (n={s['n']})")
+            break
+    if m.get("problems"):
+        c.print(f"[yellow]{len(m['problems'])} item(s) skipped[/yellow]: " + "; ".join(m["problems"][:5]))
+    c.print(f"time: {m['timings_s']['total']:.1f} s   run folder: {model.run_dir}")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="A run folder written by 'headstart fit'."),
+    files: List[Path] = typer.Argument(..., help="Images to classify."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+    top_k: int = typer.Option(1, help="Show the k most likely classes."),
+) -> None:
+    """Classify files with a saved run: class and probability per file."""
+    from .model import load
+
+    model = load(run)
+    proba = model.predict_proba([str(f) for f in files])
+    k = max(1, min(top_k, len(model.classes)))
+    for f, row in zip(files, proba):
+        order = row.argsort()[::-1][:k]
+        if as_json:
+            print(json.dumps({"file": str(f), "prediction": model.classes[order[0]], "probability": round(float(row[order[0]]), 6), "top": [{"class": model.classes[i], "probability": round(float(row[i]), 6)} for i in order]}))
+        else:
+            print(f"{f}\t" + "\t".join(f"{model.classes[i]} {row[i]:.4f}" for i in order))
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="A run folder written by 'headstart fit'."),
+    data: str = typer.Argument(..., help="Labeled data with the same classes (folder or CSV manifest)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix of a saved run on labeled data."""
+    from .model import load
+
+    model = load(run)
+    m = model.evaluate(data)
+    if as_json:
+        print(json.dumps(m, indent=2))
+        return
+    _print_metrics(m)
+
+
+def _print_metrics(m: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console()
+    c.print(f"accuracy {m['accuracy']:.4f}   log loss {m['log_loss']:.4f}   macro F1 {m['macro_f1']:.4f}   n={m['n']}")
+    t = Table("class", "precision", "recall", "F1", "support")
+    for name, r in m["per_class"].items():
+        t.add_row(name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
+    c.print(t)
+    cm = Table("true \\ predicted", *m["classes"], title="confusion matrix")
+    for name, row in zip(m["classes"], m["confusion_matrix"]):
+        cm.add_row(name, *[str(v) for v in row])
+    c.print(cm)
+
+
+def main() -> None:
+    try:
+        app()
+    except HeadstartError as e:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/bold red] {e}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""``headstart.fit``: from a labeled dataset to a trained classifier and its run folder.
+
+Strategies: ``linear`` (frozen backbone, features extracted once through the fastest runtime and
+cached, a head fit on them in seconds) and ``finetune`` (backbone and head trained together in the
+one training loop; with random-init backbones this is training from scratch).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import HeadstartError
+
+log = logging.getLogger("headstart")
+
+STRATEGIES = ("linear", "finetune")
+HEADS = ("logreg", "mlp")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise HeadstartError(f"The {name!r} parameter must be one of {{{', '.join(repr(c) for c in choices)}}}; got {value!r}.")
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not (0.0 <= float(value) < 1.0):
+        raise HeadstartError(f"The {name!r} parameter must be a fraction in [0, 1); got {value!r}.")
+
+
+def fit(
+    data: Any,
+    *,
+    backbone: str = "efficientnet_lite0",
+    strategy: str = "linear",
+    head: str = "logreg",
+    out: str | Path | None = None,
+    weights: str | None = None,
+    val: float = 0.15,
+    test: float = 0.15,
+    seed: int = 0,
+    epochs: int = 20,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    hidden: int = 256,
+    dropout: float = 0.3,
+    class_weights: str | None = None,
+    patience: int | None = 5,
+    strict: bool = False,
+    cache: bool = True,
+    runtime: str = "auto",
+    progress: bool = False,
+    overwrite: bool = False,
+    save: bool = True,
+):
+    """Train a classifier on ``data`` by transfer from ``backbone``; write the run folder; return the Model.
+
+    ``data``: a folder (``root/<class>/*``, with optional train/val/test subfolders), a CSV manifest
+    (``path,label``), an ``.npz`` of arrays, ``"shapes:<names>"``, or a LabeledDataset/Splits.
+    """
+    from .backbones import create_backbone
+    from .data import load_splits
+    from .evaluate.metrics import classification_metrics
+    from .model import Model
+    from .run_folder import new_run_dir, write_config, write_history, write_metrics, write_predictions
+
+    _check_choice("strategy", strategy, STRATEGIES)
+    _check_choice("head", head, HEADS)
+    _check_choice("class_weights", class_weights, (None, "balanced"))
+    _check_fraction("val", val)
+    _check_fraction("test", test)
+    if epochs < 1:
+        raise HeadstartError(f"The 'epochs' parameter must be at least 1; got {epochs!r}.")
+
+    t0 = time.perf_counter()
+    splits = load_splits(data, val=val, test=test, seed=seed, strict=strict)
+    bb = create_backbone(backbone, weights=weights)
+    classes = splits.classes
+    cw = _class_weights(splits.train.labels, len(classes)) if class_weights == "balanced" else None
+    timings: dict[str, float] = {"load": time.perf_counter() - t0}
+
+    if strategy == "linear":
+        head_mod, history = _fit_linear(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience)
+    else:
+        head_mod, history = _fit_finetune(bb, splits, head, seed, cw, batch_size, epochs, lr, patience, progress, hidden, dropout, timings)
+
+    model = Model(bb, head_mod, classes, modality=splits.train.modality)
+    config = {
+        "data": str(data) if not hasattr(data, "classes") else splits.train.source,
+        "backbone": backbone,
+        "weights": weights,
+        "strategy": strategy,
+        "head": head,
+        "val": val,
+        "test": test,
+        "seed": seed,
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "hidden": hidden,
+        "dropout": dropout,
+        "class_weights": class_weights,
+        "patience": patience,
+        "strict": strict,
+        "cache": cache,
+        "runtime": runtime,
+        "classes": classes,
+        "split_sizes": {k: sum(v.values()) for k, v in splits.summary().items()},
+        "versions": _versions(),
+    }
+    model.info = {"strategy": strategy, "head": head, "backbone": backbone, "trained_on": splits.train.source}
+    metrics: dict[str, Any] = {"classes": classes, "counts": splits.summary(), "problems": [str(p) for ds in (splits.train, splits.val, splits.test) if ds is not None for p in ds.problems]}
+    eval_ds = splits.test if splits.test is not None and len(splits.test) else splits.val
+    if eval_ds is not None and len(eval_ds):
+        t = time.perf_counter()
+        proba = model.predict_proba(eval_ds, batch_size=batch_size, runtime=runtime, cache=cache and strategy == "linear")
+        timings["predict"] = time.perf_counter() - t
+        split_name = "test" if eval_ds is splits.test else "val"
+        metrics[split_name] = classification_metrics(eval_ds.labels, proba, classes)
+    else:
+        proba, split_name = None, None
+    timings["total"] = time.perf_counter() - t0
+    metrics["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+    model.metrics = metrics
+    if save:
+        run_dir = new_run_dir(out, name=f"{backbone.replace(':', '_').replace('/', '_')}-{strategy}", overwrite=overwrite)
+        model.save(run_dir)
+        write_config(run_dir, config)
+        write_history(run_dir, history)
+        write_metrics(run_dir, metrics)
+        if proba is not None:
+            write_predictions(run_dir, [eval_ds.item_name(i) for i in range(len(eval_ds))], eval_ds.labels, proba, classes, split_name)
+        log.info("run written to %s", run_dir)
+    return model
+
+
+def _class_weights(labels: np.ndarray, k: int) -> np.ndarray:
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    return (len(labels) / (k * np.maximum(counts, 1))).astype(np.float32)
+
+
+def _fit_linear(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience):
+    from .features import extract_features
+    from .heads import fit_head
+
+    t = time.perf_counter()
+    x_tr = extract_features(bb, splits.train, batch_size=batch_size, runtime=runtime, cache=cache, progress=progress)
+    x_val = extract_features(bb, splits.val, batch_size=batch_size, runtime=runtime, cache=cache, progress=progress) if splits.val is not None and len(splits.val) else None
+    timings["features"] = time.perf_counter() - t
+    t = time.perf_counter()
+    kind = "linear" if head == "logreg" else "mlp"
+    head_mod, history = fit_head(
+        kind, x_tr, splits.train.labels, x_val, splits.val.labels if x_val is not None else None,
+        num_classes=len(splits.classes), seed=seed, class_weight=cw,
+        **({"hidden": hidden, "dropout": dropout, "epochs": max(epochs, 50), "lr": lr, "patience": patience} if kind == "mlp" else {}),
+    )
+    timings["head"] = time.perf_counter() - t
+    return head_mod, history
+
+
+def _fit_finetune(bb, splits, head, seed, cw, batch_size, epochs, lr, patience, progress, hidden, dropout, timings):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .data import TorchDataset
+    from .heads import create_head
+    from .train import train_classifier
+
+    kind = "linear" if head == "logreg" else "mlp"
+    head_mod = create_head(kind, bb.num_features, len(splits.classes), hidden=hidden, dropout=dropout)
+    tf = bb.preprocessing.transform()
+    g = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(TorchDataset(splits.train, tf), batch_size=batch_size, shuffle=True, generator=g)
+    val_loader = DataLoader(TorchDataset(splits.val, tf), batch_size=batch_size) if splits.val is not None and len(splits.val) else None
+    t = time.perf_counter()
+    result = train_classifier(
+        bb, head_mod, train_loader, val_loader, epochs=epochs, lr=lr, trainable="all",
+        class_weights=cw, patience=patience, seed=seed, progress=progress,
+    )
+    timings["train"] = time.perf_counter() - t
+    bb.eval()
+    head_mod.eval()
+    return head_mod, result.history
+
+
+def _versions() -> dict[str, str]:
+    import timm
+    import torch
+
+    return {"headstart": __version__, "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version()}

@@ -1,0 +1,196 @@
+"""A trained classifier (backbone + head), its run-folder format, and loading it back.
+
+``model.safetensors`` holds every tensor (``backbone.*``, ``head.*``); ``model.json`` holds what is
+needed to rebuild the architecture (backbone spec, head config), the preprocessing, the class names
+and the provenance. No pickles: a model loads in a fresh process from these two files alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from ._io import atomic_path, sha256_file, write_json
+from .backbones import Backbone, Preprocessing, Provenance, create_backbone
+from .data import LabeledDataset, Splits
+from .errors import DataError, RunFolderError
+
+FORMAT = "headstart-model"
+FORMAT_VERSION = 1
+
+
+def as_dataset(inputs: Any, *, modality: str = "image") -> LabeledDataset:
+    """Turn what a user passes to ``predict`` into a :class:`LabeledDataset` (labels unknown: 0)."""
+    if isinstance(inputs, LabeledDataset):
+        return inputs
+    if isinstance(inputs, Splits):
+        if inputs.test is None:
+            raise DataError("These splits have no test set to predict on; pass a dataset or a list of files.")
+        return inputs.test
+    if isinstance(inputs, np.ndarray):
+        from .data import from_arrays
+
+        return from_arrays(inputs, np.zeros(len(inputs), dtype=np.int64), classes=["?"])
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    items = [str(p) for p in inputs]
+    if not items:
+        raise DataError("Nothing to predict: the list of inputs is empty.")
+    if modality != "text":
+        for p in items:
+            if not Path(p).is_file():
+                raise DataError(f"Cannot read {p!r}: no such file. Check the path.")
+    return LabeledDataset(items, np.zeros(len(items), dtype=np.int64), ["?"], modality, "inputs")
+
+
+class Model:
+    """A classifier made of a :class:`Backbone` and a head; scikit-learn-like ``predict``."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module, classes: Sequence[str], *, modality: str = "image", info: dict | None = None):
+        self.backbone = backbone
+        self.head = head
+        self.classes = list(classes)
+        self.modality = modality
+        self.info = dict(info or {})
+        self.run_dir: Path | None = None
+
+    # --- inference -------------------------------------------------------------------------
+    def features(self, inputs: Any, *, batch_size: int = 64, runtime: str = "auto", cache: bool = False, progress: bool = False) -> np.ndarray:
+        from .features import extract_features
+
+        ds = as_dataset(inputs, modality=self.modality)
+        return extract_features(self.backbone, ds, batch_size=batch_size, runtime=runtime, cache=cache, progress=progress)
+
+    def proba_from_features(self, feats: np.ndarray) -> np.ndarray:
+        self.head.eval()
+        with torch.inference_mode():
+            logits = self.head(torch.as_tensor(feats, dtype=torch.float32))
+            return torch.softmax(logits, dim=1).numpy()
+
+    def predict_proba(self, inputs: Any, **kw: Any) -> np.ndarray:
+        """Class probabilities, shape ``(n, num_classes)``, columns in the order of ``classes``."""
+        return self.proba_from_features(self.features(inputs, **kw))
+
+    def predict(self, inputs: Any, **kw: Any) -> list[str]:
+        """Predicted class names."""
+        return [self.classes[i] for i in self.predict_proba(inputs, **kw).argmax(1)]
+
+    def evaluate(self, data: Any, **kw: Any) -> dict[str, Any]:
+        """Metrics on labeled data (a dataset, splits' test set, or anything ``load_splits`` reads)."""
+        from .evaluate.metrics import classification_metrics
+
+        ds = _labeled(data, self.classes)
+        proba = self.predict_proba(ds, **kw)
+        return classification_metrics(ds.labels, proba, self.classes)
+
+    # --- persistence -----------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "headstart_version": __version__,
+            "modality": self.modality,
+            "classes": self.classes,
+            "backbone": self.backbone.describe(),
+            "head": self.head.config(),
+            "info": self.info,
+        }
+
+    def save(self, run_dir: str | Path) -> Path:
+        """Write ``model.safetensors`` and ``model.json`` into ``run_dir`` (atomically)."""
+        from safetensors.torch import save_file
+
+        run_dir = Path(run_dir)
+        tensors = {f"backbone.{k}": v.detach().cpu().contiguous().clone() for k, v in self.backbone.state_dict().items()}
+        tensors.update({f"head.{k}": v.detach().cpu().contiguous().clone() for k, v in self.head.state_dict().items()})
+        with atomic_path(run_dir / "model.safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        meta = self.describe()
+        meta["weights_sha256"] = sha256_file(run_dir / "model.safetensors")
+        write_json(run_dir / "model.json", meta)
+        self.run_dir = run_dir
+        return run_dir
+
+
+def _labeled(data: Any, classes: list[str]) -> LabeledDataset:
+    if isinstance(data, LabeledDataset):
+        ds = data
+    else:
+        from .data import load_splits
+
+        splits = data if isinstance(data, Splits) else load_splits(data, val=0.0, test=0.0)
+        ds = splits.test if isinstance(data, Splits) and data.test is not None else splits.train
+    if ds.classes != classes:
+        unknown = sorted(set(ds.classes) - set(classes))
+        if unknown:
+            raise DataError(
+                f"The data has classes the model does not know: {unknown}. The model knows {classes}; "
+                "evaluate on data with the same class folders."
+            )
+        remap = np.array([classes.index(c) for c in ds.classes], dtype=np.int64)
+        ds = LabeledDataset(ds.items, remap[ds.labels], list(classes), ds.modality, ds.source, ds.problems)
+    return ds
+
+
+def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    meta_path, weights_path = run_dir / "model.json", run_dir / "model.safetensors"
+    if not run_dir.is_dir():
+        raise RunFolderError(f"Run folder {str(run_dir)!r} does not exist; give the folder 'headstart fit' wrote (see runs/).")
+    for p in (meta_path, weights_path):
+        if not p.is_file():
+            raise RunFolderError(f"Run folder {str(run_dir)!r} has no {p.name}; the run did not finish or the folder is not a headstart run.")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunFolderError(f"{meta_path} is not valid JSON ({e}); the run folder is damaged: re-run 'headstart fit'.") from e
+    if meta.get("format") != FORMAT or int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise RunFolderError(f"{meta_path} is not a headstart model of a version this headstart ({__version__}) can read.")
+    expected = meta.get("weights_sha256")
+    if expected and sha256_file(weights_path) != expected:
+        raise RunFolderError(f"{weights_path} does not match the hash recorded in model.json; the file is damaged or was replaced.")
+    return meta, load_file(str(weights_path))
+
+
+def _build_backbone(meta: dict[str, Any], tensors: dict[str, torch.Tensor], run_dir: Path) -> Backbone:
+    spec = meta["backbone"]["spec"]
+    bb = create_backbone(spec["name"], pretrained=False, **spec.get("kwargs", {}))
+    sd = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
+    bb.load_state_dict(sd)
+    bb.preprocessing = Preprocessing.from_dict(meta["backbone"]["preprocessing"])
+    bb.provenance = Provenance.from_dict(meta["backbone"]["provenance"])
+    bb.eval()
+    return bb
+
+
+def load_backbone_from_run(run_dir: str | Path, *, pretrained: bool = True) -> Backbone:
+    """The (possibly fine-tuned) backbone of a run, to transfer from your own model."""
+    run_dir = Path(run_dir).resolve()
+    meta, tensors = _read_run(run_dir)
+    bb = _build_backbone(meta, tensors, run_dir)
+    if pretrained:
+        bb.provenance = Provenance(f"run:{run_dir}", meta.get("weights_sha256"), "run:" + ",".join(meta["classes"]), bb.provenance.license)
+    return bb
+
+
+def load(run_dir: str | Path) -> Model:
+    """Load a saved run as a :class:`Model` (fresh process, no pickles)."""
+    from .heads import create_head
+
+    run_dir = Path(run_dir)
+    meta, tensors = _read_run(run_dir)
+    bb = _build_backbone(meta, tensors, run_dir)
+    head = create_head(**meta["head"])
+    head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
+    head.eval()
+    model = Model(bb, head, meta["classes"], modality=meta.get("modality", "image"), info=meta.get("info", {}))
+    model.run_dir = run_dir
+    return model
