@@ -17,6 +17,8 @@ $(BIN)/.installed-test: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/headstart demo
 
+export OMP_WAIT_POLICY ?= PASSIVE
+
 test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"
 

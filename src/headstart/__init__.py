@@ -6,43 +6,47 @@ The public API fits on one page::
     model = headstart.fit("data/", backbone="efficientnet_lite0", strategy="linear")
     model.predict(["img.jpg"]); model.evaluate("data/test")
     model = headstart.load("runs/NAME")
+
+Names are imported on first use, so ``import headstart`` is cheap and changes no global state.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .backbones import Backbone, create_backbone, list_backbones, register_backbone  # noqa: E402
-from .errors import BackboneError, DataError, HeadstartError, RunFolderError, WeightsUnavailableError  # noqa: E402
-from .fit import fit  # noqa: E402
-from .model import Model, load  # noqa: E402
+_EXPORTS = {
+    "fit": "headstart.fitting",
+    "load": "headstart.model",
+    "Model": "headstart.model",
+    "create_backbone": "headstart.backbones",
+    "list_backbones": "headstart.backbones",
+    "register_backbone": "headstart.backbones",
+    "Backbone": "headstart.backbones",
+    "extract_features": "headstart.features",
+    "load_splits": "headstart.data",
+    "make_shapes": "headstart.data",
+    "LabeledDataset": "headstart.data",
+    "Splits": "headstart.data",
+    "HeadstartError": "headstart.errors",
+    "DataError": "headstart.errors",
+    "BackboneError": "headstart.errors",
+    "WeightsUnavailableError": "headstart.errors",
+    "RunFolderError": "headstart.errors",
+}
 
 
 def __getattr__(name: str):
-    # Data helpers, imported lazily so `import headstart` stays light.
-    if name in {"load_splits", "make_shapes", "LabeledDataset", "Splits", "extract_features"}:
-        if name == "extract_features":
-            from .features import extract_features
-
-            return extract_features
-        from . import data
-
-        return getattr(data, name)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'headstart' has no attribute {name!r}")
 
 
-__all__ = [
-    "Backbone",
-    "BackboneError",
-    "DataError",
-    "HeadstartError",
-    "Model",
-    "RunFolderError",
-    "WeightsUnavailableError",
-    "create_backbone",
-    "extract_features",
-    "fit",
-    "list_backbones",
-    "load",
-    "load_splits",
-    "make_shapes",
-    "register_backbone",
-]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = sorted(_EXPORTS)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+
+# The command line owns the process: on small shared CPUs, OpenMP threads that spin while waiting
+# make torch 10-25x slower, so let them sleep (before torch is imported; the library sets nothing).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 from typing import List, Optional
 
@@ -74,7 +79,7 @@ def fit(
     overwrite: bool = typer.Option(False, help="Overwrite an existing run folder given with --out."),
 ) -> None:
     """Train a classifier by transfer learning and write a run folder."""
-    from . import fit as fit_fn
+    from .fitting import fit as fit_fn
 
     model = fit_fn(
         data, backbone=backbone, strategy=strategy, head=head, out=out, weights=weights, val=val, test=test, seed=seed,

@@ -119,13 +119,24 @@ class Model:
 
 
 def _labeled(data: Any, classes: list[str]) -> LabeledDataset:
-    if isinstance(data, LabeledDataset):
-        ds = data
-    else:
-        from .data import load_splits
+    """Labeled evaluation data, with labels in the model's class order.
 
-        splits = data if isinstance(data, Splits) else load_splits(data, val=0.0, test=0.0)
-        ds = splits.test if isinstance(data, Splits) and data.test is not None else splits.train
+    Evaluation folders may hold a subset of the classes, or a single image of one: no training checks.
+    """
+    from .data import load_dataset, load_image_folder, load_manifest
+    from .data.folders import _split_layout
+
+    if isinstance(data, Splits):
+        data = data.test if data.test is not None else data.train
+    if isinstance(data, (str, Path)) and Path(data).is_dir():
+        layout = _split_layout(Path(data)) or {}
+        folder = layout.get("test") or layout.get("val") or (None if layout else Path(data))
+        if folder is None:
+            raise DataError(f"{data} has a train/ folder but no test/ or val/ folder to evaluate on; give the test folder itself.")
+        return load_image_folder(folder, classes=classes, min_per_class=0)
+    if isinstance(data, (str, Path)) and str(data).lower().endswith(".csv"):
+        return load_manifest(data, classes=classes, min_per_class=0)
+    ds = data if isinstance(data, LabeledDataset) else load_dataset(data)
     if ds.classes != classes:
         unknown = sorted(set(ds.classes) - set(classes))
         if unknown:

@@ -7,6 +7,7 @@ one training loop; with random-init backbones this is training from scratch).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import time
@@ -181,9 +182,11 @@ def _fit_finetune(bb, splits, head, seed, cw, batch_size, epochs, lr, patience, 
     t = time.perf_counter()
     result = train_classifier(
         bb, head_mod, train_loader, val_loader, epochs=epochs, lr=lr, trainable="all",
-        class_weights=cw, patience=patience, seed=seed, progress=progress,
+        class_weights=cw, patience=patience if val_loader is not None else None, seed=seed, progress=progress,
     )
     timings["train"] = time.perf_counter() - t
+    # The weights changed in place: their hash is no longer the pretrained file's (feature caches key on it).
+    bb.provenance = dataclasses.replace(bb.provenance, source=f"{bb.provenance.source} +finetune", weights_sha256=None)
     bb.eval()
     head_mod.eval()
     return head_mod, result.history
