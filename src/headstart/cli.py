@@ -17,7 +17,7 @@ import typer
 
 from .errors import HeadstartError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Transfer learning for PyTorch: a strong classifier from a small labeled dataset.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="Transfer learning for PyTorch: a strong classifier from a small labeled dataset.")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -35,13 +35,16 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo's runs."),
-    n_per_class: int = typer.Option(300, help="Images per shape class."),
+    n_source: int = typer.Option(500, help="Images per source shape class."),
+    n_target: int = typer.Option(150, help="Images per target shape class (the small labeled set)."),
     seed: int = typer.Option(0),
 ) -> None:
     """Learn circles/squares/triangles, transfer to stars/pentagons/hexagons; compare with scratch and ImageNet."""
     from .demo import run_demo
 
-    run_demo(out=out, n_per_class=n_per_class, seed=seed)
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("headstart").setLevel(logging.WARNING)
+    run_demo(out=out, n_source=n_source, n_target=n_target, seed=seed)
 
 
 @app.command()

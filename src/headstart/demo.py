@@ -38,7 +38,7 @@ def draw_cross(size: int = 64, seed: int = 0) -> np.ndarray:
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 
-def run_demo(*, out: str | Path = "runs/demo", n_per_class: int = 300, seed: int = 0, epochs: int = 15, console=None) -> dict:
+def run_demo(*, out: str | Path = "runs/demo", n_source: int = 500, n_target: int = 150, seed: int = 0, epochs: int = 20, lr: float = 3e-3, console=None) -> dict:
     """Run the demo; return the result rows (also printed as a table)."""
     from rich.console import Console
     from rich.table import Table
@@ -49,15 +49,18 @@ def run_demo(*, out: str | Path = "runs/demo", n_per_class: int = 300, seed: int
     console = console or Console()
     out = Path(out)
     t_all = time.perf_counter()
-    src = stratified_split(make_shapes(SOURCE, n_per_class=n_per_class, size=64, seed=seed), val=0.15, test=0.15, seed=seed)
-    tgt = stratified_split(make_shapes(TARGET, n_per_class=n_per_class, size=64, seed=seed + 1), val=0.15, test=0.15, seed=seed)
-    console.print(f"[bold]headstart demo[/bold]: source {', '.join(SOURCE)} -> target {', '.join(TARGET)}; {n_per_class} images per class, 64x64")
+    src = stratified_split(make_shapes(SOURCE, n_per_class=n_source, size=64, seed=seed), val=0.15, test=0.15, seed=seed)
+    tgt = stratified_split(make_shapes(TARGET, n_per_class=n_target, size=64, seed=seed + 1), val=0.15, test=0.15, seed=seed)
+    console.print(
+        f"[bold]headstart demo[/bold]: source {', '.join(SOURCE)} ({n_source} images per class) -> "
+        f"target {', '.join(TARGET)} ({n_target} per class, 70/15/15 split); 64x64 images"
+    )
 
     common = dict(seed=seed, overwrite=True, progress=False)
     steps = [
-        ("source: scratch CNN on circles/squares/triangles", "source", dict(data=src, backbone="scratch_cnn", strategy="finetune", head="mlp", epochs=epochs)),
+        ("source: scratch CNN on circles/squares/triangles", "source", dict(data=src, backbone="scratch_cnn", strategy="finetune", head="mlp", epochs=epochs, lr=lr)),
         ("transfer: frozen source CNN + new head", "transfer", dict(data=tgt, backbone=f"run:{out / 'source'}", strategy="linear", head="mlp")),
-        ("scratch: same CNN trained on the new shapes", "scratch", dict(data=tgt, backbone="scratch_cnn", strategy="finetune", head="mlp", epochs=epochs)),
+        ("scratch: same CNN trained on the new shapes", "scratch", dict(data=tgt, backbone="scratch_cnn", strategy="finetune", head="mlp", epochs=epochs, lr=lr)),
         ("ImageNet EfficientNet-Lite0 features + logistic regression", "imagenet", dict(data=tgt, backbone="efficientnet_lite0", strategy="linear", head="logreg")),
     ]
     rows, models = [], {}
@@ -68,12 +71,12 @@ def run_demo(*, out: str | Path = "runs/demo", n_per_class: int = 300, seed: int
         model = fit(data, out=out / key, **kw, **common)
         seconds = time.perf_counter() - t
         m = model.metrics["test"]
-        rows.append({"model": key, "what": title, "test_accuracy": m["accuracy"], "test_loss": m["log_loss"], "seconds": seconds})
+        rows.append({"model": key, "what": title, "test_accuracy": m["accuracy"], "test_loss": m["log_loss"], "seconds": seconds, "n_train": sum(model.metrics["counts"]["train"].values())})
         models[key] = model
 
-    table = Table("model", "what", "test accuracy", "test loss", "wall time (s)", title="target task: stars / pentagons / hexagons" )
+    table = Table("model", "what", "train images", "test accuracy", "test loss", "wall time (s)", title="test accuracy (source row: on circles/squares/triangles; others: on stars/pentagons/hexagons)")
     for r in rows:
-        table.add_row(r["model"], r["what"], f"{r['test_accuracy']:.3f}", f"{r['test_loss']:.3f}", f"{r['seconds']:.1f}")
+        table.add_row(r["model"], r["what"], str(r["n_train"]), f"{r['test_accuracy']:.3f}", f"{r['test_loss']:.3f}", f"{r['seconds']:.1f}")
     console.print(table)
 
     new = make_shapes(TARGET, n_per_class=1, size=64, seed=seed + 1000)

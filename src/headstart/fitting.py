@@ -196,4 +196,4 @@ def _versions() -> dict[str, str]:
     import timm
     import torch
 
-    return {"headstart": __version__, "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version()}
+    return {"headstart": __version__, "torch": str(torch.__version__), "timm": str(timm.__version__), "python": platform.python_version()}

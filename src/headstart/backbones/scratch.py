@@ -1,8 +1,10 @@
 """Small convolutional networks trained from scratch: the seed example's CNN and a tiny test net.
 
-``scratch_cnn``: two conv blocks (conv-BN-ReLU, max-pool) and a dense layer on a 4x4 pooled
-map, 64x64 input: the "learn circles/squares/triangles, transfer to stars/pentagons/hexagons"
-network of the demo. ``tiny_cnn``: a few thousand parameters, 32x32 input, for fast tests.
+``scratch_cnn``: two conv blocks (conv-BN-ReLU x2, max-pool), features = the last block's map
+average-pooled to 4x4 and flattened (1024-d), 32x32 input: the "learn circles/squares/triangles,
+transfer to stars/pentagons/hexagons" network of the demo, whose dense layers are the head
+(``head="mlp"``: Dense-ReLU-Dropout-Dense), so "freeze the conv layers, train a new head" is the
+``linear`` strategy with an MLP head. ``tiny_cnn``: a few thousand parameters, for fast tests.
 Both start from random weights (``pretrained`` has nothing to load; ``weights`` loads a file).
 """
 
@@ -27,9 +29,9 @@ def _conv_block(cin: int, cout: int, convs: int) -> nn.Sequential:
 
 
 class ScratchCNN(Backbone):
-    """Conv blocks, adaptive pooling to ``pool x pool``, then a dense ReLU layer of ``dim`` features."""
+    """Conv blocks, then adaptive average pooling to ``pool x pool``, flattened: ``widths[-1] * pool**2`` features."""
 
-    def __init__(self, *, name: str, widths: tuple[int, ...], convs_per_block: int, pool: int, dim: int, input_size: int):
+    def __init__(self, *, name: str, widths: tuple[int, ...], convs_per_block: int, pool: int, input_size: int):
         super().__init__()
         blocks = []
         cin = 3
@@ -37,9 +39,8 @@ class ScratchCNN(Backbone):
             blocks.append(_conv_block(cin, w, convs_per_block))
             cin = w
         self.blocks = nn.ModuleList(blocks)
-        self.pool = nn.AdaptiveAvgPool2d(pool)
-        self.dense = nn.Sequential(nn.Flatten(), nn.Linear(cin * pool * pool, dim), nn.ReLU(inplace=True))
-        self.num_features = dim
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(pool), nn.Flatten())
+        self.num_features = cin * pool * pool
         self.preprocessing = Preprocessing(input_size=(input_size, input_size), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear", crop_pct=1.0)
         self.provenance = Provenance("random-init")
         self.spec = BackboneSpec(name, {})
@@ -47,10 +48,10 @@ class ScratchCNN(Backbone):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         for b in self.blocks:
             x = b(x)
-        return self.dense(self.pool(x))
+        return self.pool(x)
 
     def layer_groups(self) -> list[nn.Module]:
-        return [*self.blocks, self.dense]
+        return list(self.blocks)
 
 
 def _load_weights(bb: Backbone, weights: str | None) -> Backbone:
@@ -63,15 +64,15 @@ def _load_weights(bb: Backbone, weights: str | None) -> Backbone:
     return bb
 
 
-@register_backbone("scratch_cnn", description="small CNN from scratch: 2 conv blocks + dense, 64px (the demo's network)")
+@register_backbone("scratch_cnn", description="small CNN from scratch: 2 conv blocks, 1024-d features, 32px (the demo's network)")
 def scratch_cnn(*, pretrained: bool = True, weights: str | None = None, **kwargs: Any) -> ScratchCNN:
     del pretrained  # random init: there is nothing pretrained to load
-    bb = ScratchCNN(name="scratch_cnn", widths=(32, 64), convs_per_block=1, pool=4, dim=128, input_size=64, **kwargs)
+    bb = ScratchCNN(name="scratch_cnn", widths=(32, 64), convs_per_block=2, pool=4, input_size=32, **kwargs)
     return _load_weights(bb, weights)
 
 
-@register_backbone("tiny_cnn", description="tiny CNN (~5k parameters), 32px, for tests and smoke runs")
+@register_backbone("tiny_cnn", description="tiny CNN (~1.3k parameters), 32px, for tests and smoke runs")
 def tiny_cnn(*, pretrained: bool = True, weights: str | None = None, **kwargs: Any) -> ScratchCNN:
     del pretrained
-    bb = ScratchCNN(name="tiny_cnn", widths=(8, 16), convs_per_block=1, pool=2, dim=32, input_size=32, **kwargs)
+    bb = ScratchCNN(name="tiny_cnn", widths=(8, 16), convs_per_block=1, pool=2, input_size=32, **kwargs)
     return _load_weights(bb, weights)
