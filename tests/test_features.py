@@ -72,8 +72,16 @@ class _Counter:
         monkeypatch.setattr(extract_mod, "make_runner", make)
 
 
-@pytest.mark.parametrize("runtime", ["torch", "onnx", "auto"])
+@pytest.fixture
+def no_openvino(monkeypatch):
+    """Make ``import openvino`` fail, as on an install without it."""
+    monkeypatch.setitem(sys.modules, "openvino", None)
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx", "openvino", "auto"])
 def test_runtimes_match_eager_in_order(tiny, tmp_path, runtime):
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
     ds = _dataset()
     ref = _eager(tiny, ds)
     feats = extract_features(tiny, ds, batch_size=8, runtime=runtime, cache=False, cache_dir=tmp_path)
@@ -84,11 +92,53 @@ def test_runtimes_match_eager_in_order(tiny, tmp_path, runtime):
     np.testing.assert_allclose(again, feats[perm], rtol=1e-4, atol=1e-5)
 
 
-def test_auto_uses_onnx_on_cpu_and_logs_it(tiny, tmp_path, caplog):
+def test_auto_uses_openvino_when_available_and_logs_it(tiny, tmp_path, caplog):
+    pytest.importorskip("openvino")
     with caplog.at_level(logging.INFO, logger="headstart.features"):
         extract_features(tiny, _dataset(6), cache=False, cache_dir=tmp_path)
-    assert "runtime onnx" in caplog.text
+    assert "runtime openvino" in caplog.text
     assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
+    (verdict,) = list((tmp_path / "onnx").glob("*.openvino*.json"))
+    assert '"ok": true' in verdict.read_text() and '"f32"' in verdict.read_text()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="headstart.features"):  # reuses the export and the verdict
+        extract_features(tiny, _dataset(6), cache=False, cache_dir=tmp_path)
+    assert "runtime openvino" in caplog.text and "verified" not in caplog.text and "exported" not in caplog.text
+
+
+def test_auto_uses_onnx_without_openvino(tiny, tmp_path, caplog, no_openvino):
+    ds = _dataset(6)
+    with caplog.at_level(logging.INFO, logger="headstart.features"):
+        feats = extract_features(tiny, ds, cache=False, cache_dir=tmp_path)
+    assert "runtime onnx (OpenVINO not usable" in caplog.text
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
+    np.testing.assert_allclose(feats, _eager(tiny, ds), rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError, match="runtime='openvino' is not usable"):
+        extract_features(tiny, ds, runtime="openvino", cache=False, cache_dir=tmp_path)
+
+
+def test_auto_falls_back_to_onnx_when_openvino_differs(tiny, tmp_path, monkeypatch, caplog):
+    pytest.importorskip("openvino")
+    real = runtime_mod.OpenVinoRunner.__call__
+    monkeypatch.setattr(runtime_mod.OpenVinoRunner, "__call__", lambda self, x: real(self, x) + 0.01)  # e.g. bf16
+    ds = _dataset(6)
+    with caplog.at_level(logging.INFO, logger="headstart.features"):
+        feats = extract_features(tiny, ds, cache=False, cache_dir=tmp_path)
+    assert "runtime onnx (OpenVINO not usable" in caplog.text and "OpenVINO features differ" in caplog.text
+    np.testing.assert_allclose(feats, _eager(tiny, ds), rtol=1e-4, atol=1e-5)
+    monkeypatch.undo()  # the failed check is remembered, not redone on every call
+    with pytest.raises(RuntimeError, match="runtime='openvino' is not usable.*earlier check failed"):
+        extract_features(tiny, ds, runtime="openvino", cache=False, cache_dir=tmp_path)
+
+
+def test_openvino_throughput_mode_keeps_order(tiny, tmp_path):
+    pytest.importorskip("openvino")
+    ds = _dataset(11)
+    extract_features(tiny, ds, runtime="onnx", cache=False, cache_dir=tmp_path)  # the export
+    (path,) = list((tmp_path / "onnx").glob("*.onnx"))
+    x = torch.stack([tiny.preprocessing.transform()(ds.load(i)) for i in range(len(ds))])
+    got = runtime_mod.OpenVinoRunner(path, hint="THROUGHPUT", chunk=2)(x)
+    np.testing.assert_allclose(got, _eager(tiny, ds), rtol=1e-4, atol=1e-5)
 
 
 def test_auto_falls_back_to_torch_when_export_fails(tiny, tmp_path, monkeypatch, caplog):
@@ -156,7 +206,7 @@ def test_fingerprint_follows_weights_and_preprocessing(tiny, tmp_path):
     other.load_state_dict(tiny.state_dict())
     assert backbone_fingerprint(tiny) == backbone_fingerprint(other)
     with torch.no_grad():
-        other.dense[1].bias.add_(1.0)
+        other.blocks[0][1].bias.add_(1.0)  # a BatchNorm shift
     assert backbone_fingerprint(tiny) != backbone_fingerprint(other)
     ds = _dataset(8)
     a = extract_features(tiny, ds, cache_dir=tmp_path)
@@ -194,13 +244,16 @@ def test_bad_arguments_name_the_fix(tiny):
         extract_features(tiny, _dataset(2), batch_size=0)
 
 
-def test_efficientnet_lite0_onnx_matches_eager(tmp_path):
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_efficientnet_lite0_matches_eager(tmp_path, runtime):
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
     bb = create_backbone("efficientnet_lite0")
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, (4, 8, 8, 3)).astype(np.uint8)
     imgs = np.stack([np.asarray(Image.fromarray(b).resize((96, 96), Image.BILINEAR)) for b in base])  # smooth images
     ds = LabeledDataset(imgs, np.zeros(4, dtype=np.int64), ["x"])
-    onnx = extract_features(bb, ds, runtime="onnx", cache=False, cache_dir=tmp_path)
+    got = extract_features(bb, ds, runtime=runtime, cache=False, cache_dir=tmp_path)
     eager = extract_features(bb, ds, runtime="torch", cache=False, cache_dir=tmp_path)
-    assert onnx.shape == (4, 1280)
-    assert np.abs(onnx - eager).max() <= 1e-4 * max(1.0, np.abs(eager).max())
+    assert got.shape == (4, 1280)
+    assert np.abs(got - eager).max() <= 1e-4 * max(1.0, np.abs(eager).max())

@@ -78,7 +78,7 @@ def fit(
     class_weights: Optional[str] = typer.Option(None, help="'balanced' to weight classes by inverse frequency."),
     strict: bool = typer.Option(False, help="Fail on the first unreadable image instead of skipping it."),
     no_cache: bool = typer.Option(False, help="Do not read or write the feature cache."),
-    runtime: str = typer.Option("auto", help="Feature extraction runtime: auto | onnx | torch."),
+    runtime: str = typer.Option("auto", help="Feature extraction runtime: auto | openvino | onnx | torch."),
     overwrite: bool = typer.Option(False, help="Overwrite an existing run folder given with --out."),
 ) -> None:
     """Train a classifier by transfer learning and write a run folder."""

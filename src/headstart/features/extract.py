@@ -44,8 +44,9 @@ def extract_features(
             semantics; the train/eval mode of each of its modules is restored afterwards.
         dataset: a :class:`~headstart.data.dataset.LabeledDataset` of images (paths or arrays).
         batch_size: images per forward pass.
-        runtime: ``"auto"`` (ONNX Runtime on CPU when the backbone exports and matches eager torch,
-            else torch; always torch on CUDA), ``"onnx"`` (error if unusable) or ``"torch"``.
+        runtime: ``"auto"`` (on CPU: OpenVINO fp32 when installed, else ONNX Runtime, on the
+            backbone's ONNX export when it matches eager torch, else torch; always torch on CUDA),
+            ``"openvino"`` / ``"onnx"`` (error if unusable) or ``"torch"``.
         cache: reuse and store features in the on-disk cache, keyed by backbone fingerprint,
             preprocessing and item bytes. ``False`` reads and writes no features (an ONNX export is
             still kept in ``cache_dir/onnx`` so it is not redone on every call).
