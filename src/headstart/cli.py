@@ -21,9 +21,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 
 def _setup_logging(verbose: bool) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False)], force=True)
+    # Logs go to stderr: stdout is for results (predict --json is piped into other tools).
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", handlers=[handler], force=True)
     logging.getLogger("headstart").setLevel(logging.INFO)
 
 
@@ -166,8 +169,10 @@ def main() -> None:
         app()
     except HeadstartError as e:
         from rich.console import Console
+        from rich.markup import escape
 
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {e}")
+        # One line whatever the width (grep-able logs); the message is text, not markup ("[...]" stays).
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(str(e))}")
         sys.exit(2)
 
 

@@ -69,7 +69,7 @@ def fit(
     from .data import load_splits
     from .evaluate.metrics import classification_metrics
     from .model import Model
-    from .run_folder import new_run_dir, write_config, write_history, write_metrics, write_predictions
+    from .run_folder import check_run_dir, new_run_dir, write_config, write_history, write_metrics, write_predictions
 
     _check_choice("strategy", strategy, STRATEGIES)
     _check_choice("head", head, HEADS)
@@ -78,6 +78,8 @@ def fit(
     _check_fraction("test", test)
     if epochs < 1:
         raise HeadstartError(f"The 'epochs' parameter must be at least 1; got {epochs!r}.")
+    if save:
+        check_run_dir(out, overwrite=overwrite)  # before the work, not after it
 
     t0 = time.perf_counter()
     splits = load_splits(data, val=val, test=test, seed=seed, strict=strict)

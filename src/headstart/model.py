@@ -43,9 +43,15 @@ def as_dataset(inputs: Any, *, modality: str = "image") -> LabeledDataset:
     if not items:
         raise DataError("Nothing to predict: the list of inputs is empty.")
     if modality != "text":
+        from .data.images import check_image
+
         for p in items:
             if not Path(p).is_file():
                 raise DataError(f"Cannot read {p!r}: no such file. Check the path.")
+            # Checked here, not in the extraction's loader workers, whose errors carry their traceback.
+            reason = check_image(p)
+            if reason is not None:
+                raise DataError(f"Cannot read {p!r}: {reason}.")
     return LabeledDataset(items, np.zeros(len(items), dtype=np.int64), ["?"], modality, "inputs")
 
 

@@ -24,10 +24,15 @@ def new_run_dir(out: str | Path | None, *, name: str, root: str | Path = "runs",
             n += 1
             out = Path(root) / f"{name}-{stamp}-{n}"
     out = Path(out)
-    if (out / "model.json").exists() and not overwrite:
-        raise RunFolderError(f"{str(out)!r} already holds a finished run; choose another --out or pass --overwrite.")
+    check_run_dir(out, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def check_run_dir(out: str | Path | None, *, overwrite: bool = False) -> None:
+    """Refuse an ``out`` that already holds a finished run, unless ``overwrite``: call it before any work."""
+    if out is not None and (Path(out) / "model.json").exists() and not overwrite:
+        raise RunFolderError(f"{str(out)!r} already holds a finished run; choose another --out or pass --overwrite.")
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
