@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from ..errors import DataError
 from .dataset import LabeledDataset, Splits
@@ -54,6 +53,8 @@ def _check_fractions(val: float, test: float) -> None:
 
 def _sklearn_split(labels: np.ndarray, val: float, test: float, seed: int):
     """Two stratified ``train_test_split`` calls; ValueError if a class is too small for them."""
+    from sklearn.model_selection import train_test_split  # imported on use: it costs ~1 s at start-up
+
     index = np.arange(len(labels))
     n_hold = int(round(len(labels) * (val + test)))  # counts, not fractions: no float rounding surprises
     train_idx, hold_idx = train_test_split(index, test_size=n_hold, stratify=labels, random_state=seed)
