@@ -9,6 +9,7 @@ from .load import load_dataset, load_splits, register_builtin, register_file_typ
 from .manifest import load_manifest
 from .shapes import SHAPE_NAMES, make_shapes
 from .split import stratified_split
+from .text import load_text_folder, load_text_splits, load_text_table, read_lines
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -24,6 +25,10 @@ __all__ = [
     "load_image_splits",
     "load_manifest",
     "load_npz",
+    "load_text_folder",
+    "load_text_splits",
+    "load_text_table",
+    "read_lines",
     "load_splits",
     "make_shapes",
     "open_image",

@@ -1,7 +1,7 @@
 """The labeled dataset every loader returns, and the train/val/test splits of one.
 
-Items are file paths (images or texts on disk) or in-memory arrays (``uint8`` images of shape
-``(N, H, W, 3)``, from numpy arrays or the shapes generator). Labels are class indices into
+Items are image file paths, in-memory arrays (``uint8`` images of shape ``(N, H, W, 3)``, from
+numpy arrays or the shapes generator), or, for ``modality="text"``, the texts themselves (``str``). Labels are class indices into
 ``classes``. Items that could not be used are kept in ``problems`` with the reason: reported,
 never silently dropped.
 """
@@ -28,7 +28,7 @@ class Problem:
 
 @dataclass
 class LabeledDataset:
-    items: Sequence[Any] | np.ndarray  # list of paths (str), or uint8 array (N, H, W, 3)
+    items: Sequence[Any] | np.ndarray  # list of image paths, uint8 array (N, H, W, 3), or list of texts
     labels: np.ndarray  # int64 (N,)
     classes: list[str]
     modality: str = "image"  # "image" | "text"
@@ -65,7 +65,7 @@ class LabeledDataset:
         from .images import open_image
 
         if self.modality == "text":
-            return self.items[i] if self.in_memory else Path(self.items[i]).read_text(encoding="utf-8")
+            return str(self.items[i])
         if self.in_memory:
             from PIL import Image
 
@@ -73,7 +73,9 @@ class LabeledDataset:
         return open_image(self.items[i])
 
     def item_bytes(self, i: int) -> bytes:
-        """The raw content of item ``i``, for content-keyed caches."""
+        """The raw content of item ``i``, for content-keyed caches (a text: its UTF-8 bytes)."""
+        if self.modality == "text":
+            return str(self.items[i]).encode("utf-8")
         if self.in_memory:
             a = np.ascontiguousarray(self.items[i])
             return str(a.shape).encode() + a.tobytes()

@@ -4,6 +4,8 @@ Accepted sources:
 
 - a folder of class folders, or of ``train/`` (``val/``, ``test/``) split folders;
 - a ``.csv`` manifest (``path,label`` columns) or a ``.npz`` file (``x``/``y`` arrays);
+- texts: a ``.csv``/``.tsv``/``.jsonl`` table with a text column (``text_col``/``label_col``, see
+  :mod:`.text`), or a folder of class folders of ``.txt`` files;
 - a built-in set by name: ``"shapes"`` or ``"shapes:star,pentagon,hexagon"``;
 - a :class:`LabeledDataset` (split here) or a :class:`Splits` (returned as is).
 
@@ -25,13 +27,17 @@ from .folders import load_image_folder, load_image_splits
 from .manifest import load_manifest
 from .shapes import make_shapes
 from .split import stratified_split
+from .text import is_text_folder, load_text_folder, load_text_splits, load_text_table
 
 _FILE_TYPES: dict[str, Callable[..., LabeledDataset]] = {}
 _BUILTINS: dict[str, Callable[..., LabeledDataset]] = {}
 
 
 def register_file_type(suffix: str):
-    """Decorator: ``loader(path, *, strict) -> LabeledDataset`` handles files ending in ``suffix``."""
+    """Decorator: ``loader(path, *, strict, **columns) -> LabeledDataset`` handles files ending in ``suffix``.
+
+    ``columns`` holds ``text_col``/``label_col`` when the caller gave them (loaders that take no
+    columns are never passed any)."""
     def add(fn):
         _FILE_TYPES[suffix.lower()] = fn
         return fn
@@ -47,8 +53,28 @@ def register_builtin(name: str):
 
 
 @register_file_type(".csv")
-def _csv(path, *, strict: bool) -> LabeledDataset:
-    return load_manifest(path, strict=strict)
+def _csv(path, *, strict: bool, text_col: str | None = None, label_col: str | None = None) -> LabeledDataset:
+    # A table of texts (a text column, or --text-col given) or a manifest of image paths.
+    if text_col is not None or _looks_like_text_table(path):
+        return load_text_table(path, text_col=text_col, label_col=label_col, strict=strict)
+    return load_manifest(path, strict=strict, **({"label_col": label_col} if label_col else {}))
+
+
+def _looks_like_text_table(path) -> bool:
+    import csv
+
+    from .manifest import _ALIASES
+    from .text import TEXT_COLUMNS
+
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+        header = {h.strip().casefold() for h in next(csv.reader(fh), [])}
+    return bool(header & set(TEXT_COLUMNS)) and not header & set(_ALIASES["path"])
+
+
+for _suffix in (".tsv", ".tab", ".jsonl", ".ndjson"):
+    @register_file_type(_suffix)
+    def _text_table(path, *, strict: bool, text_col: str | None = None, label_col: str | None = None) -> LabeledDataset:
+        return load_text_table(path, text_col=text_col, label_col=label_col, strict=strict)
 
 
 @register_file_type(".npz")
@@ -70,6 +96,8 @@ def load_splits(
     seed: int = 0,
     strict: bool = False,
     n_per_class: int = 200,
+    text_col: str | None = None,
+    label_col: str | None = None,
 ) -> Splits:
     """Train/val/test splits of ``source`` (see the module doc for what is accepted).
 
@@ -78,18 +106,22 @@ def load_splits(
     built-in sets, ``seed`` also seeds the generator and ``n_per_class`` sets their size. Every
     source is checked with :func:`~headstart.data.checks.validate_dataset` (a given Splits is not).
     ``strict=True`` turns the first bad file into an error instead of a reported problem.
+    ``text_col``/``label_col`` name the columns of a table (see :mod:`.text` for the defaults).
     """
     if isinstance(source, Splits):
         return source
     if isinstance(source, (str, os.PathLike)) and Path(source).expanduser().is_dir():
+        if is_text_folder(Path(source).expanduser()):
+            return load_text_splits(source, val=val, test=test, seed=seed, strict=strict)
         return load_image_splits(source, val=val, test=test, seed=seed, strict=strict)
-    ds = load_dataset(source, seed=seed, strict=strict, n_per_class=n_per_class)
+    ds = load_dataset(source, seed=seed, strict=strict, n_per_class=n_per_class, text_col=text_col, label_col=label_col)
     if isinstance(source, LabeledDataset):
         validate_dataset(ds, min_per_class=2 if val + test > 0 else 1)
     return stratified_split(ds, val=val, test=test, seed=seed)
 
 
-def load_dataset(source, *, seed: int = 0, strict: bool = False, n_per_class: int = 200) -> LabeledDataset:
+def load_dataset(source, *, seed: int = 0, strict: bool = False, n_per_class: int = 200,
+                 text_col: str | None = None, label_col: str | None = None) -> LabeledDataset:
     """One labeled dataset from ``source``, unsplit: a folder of class folders, a registered file
     type, a built-in set name, or a :class:`LabeledDataset` (returned as is)."""
     if isinstance(source, LabeledDataset):
@@ -98,9 +130,10 @@ def load_dataset(source, *, seed: int = 0, strict: bool = False, n_per_class: in
         raise DataError(f"cannot load data from a {type(source).__name__}; {_accepted()}")
     path = Path(source).expanduser()
     if path.is_dir():
-        return load_image_folder(path, strict=strict)
+        return load_text_folder(path, strict=strict) if is_text_folder(path) else load_image_folder(path, strict=strict)
     if path.is_file() and path.suffix.lower() in _FILE_TYPES:
-        return _FILE_TYPES[path.suffix.lower()](path, strict=strict)
+        columns = {k: v for k, v in (("text_col", text_col), ("label_col", label_col)) if v is not None}
+        return _FILE_TYPES[path.suffix.lower()](path, strict=strict, **columns)
     name, _, arg = str(source).partition(":")
     if not path.exists() and name in _BUILTINS:
         return _BUILTINS[name](arg, seed=seed, n_per_class=n_per_class)
@@ -111,5 +144,5 @@ def load_dataset(source, *, seed: int = 0, strict: bool = False, n_per_class: in
 def _accepted() -> str:
     types = ", ".join(sorted(_FILE_TYPES))
     sets = ", ".join(f"'{n}' or '{n}:...'" for n in sorted(_BUILTINS))
-    return (f"accepted: a folder of class folders (or train/val/test folders), a {types} file, "
+    return (f"accepted: a folder of class folders of images or .txt files (or train/val/test folders), a {types} file, "
             f"a built-in set ({sets}, e.g. 'shapes:star,pentagon,hexagon'), a LabeledDataset or Splits")
