@@ -67,7 +67,8 @@ def backbones(modality: Optional[str] = typer.Option(None, help="Only 'image' or
 @app.command()
 def fit(
     data: str = typer.Argument(..., help="Image folder (root/<class>/*, optional train/val/test), CSV manifest, .npz, or 'shapes:<names>'."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone name (see 'headstart backbones'), timm:<name> or run:<folder>."),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone name (see 'headstart backbones'), timm:<name>, run:<folder>, or 'auto' (the top LogME of --candidates)."),
+    candidates: Optional[str] = typer.Option(None, help="With --backbone auto: comma-separated backbones to rank (default efficientnet_lite0,efficientnet_lite1,efficientnet_lite2)."),
     strategy: str = typer.Option("linear", "--strategy", "-s", help="linear | finetune"),
     head: str = typer.Option("logreg", help="logreg | mlp"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<backbone>-<strategy>-<time>)."),
@@ -88,7 +89,7 @@ def fit(
     from .fitting import fit as fit_fn
 
     model = fit_fn(
-        data, backbone=backbone, strategy=strategy, head=head, out=out, weights=weights, val=val, test=test, seed=seed,
+        data, backbone=backbone, candidates=candidates, strategy=strategy, head=head, out=out, weights=weights, val=val, test=test, seed=seed,
         epochs=epochs, lr=lr, batch_size=batch_size, class_weights=class_weights, strict=strict, cache=not no_cache,
         runtime=runtime, progress=True, overwrite=overwrite,
     )
@@ -162,6 +163,62 @@ def _print_metrics(m: dict) -> None:
     for name, row in zip(m["classes"], m["confusion_matrix"]):
         cm.add_row(name, *[str(v) for v in row])
     c.print(cm)
+
+
+@app.command()
+def rank(
+    data: str = typer.Argument(..., help="Image folder, CSV manifest, .npz or 'shapes:<names>' (scored on its training split)."),
+    backbones: str = typer.Option(..., "--backbones", "-b", help="Comma-separated backbones: names, timm:<name>, run:<folder>."),
+    score: str = typer.Option("logme", help="logme | hscore | hscore_shrink | leep | nce | all (ranked by LogME)."),
+    validate: bool = typer.Option(False, help="Also k-fold CV accuracy of a linear probe per backbone, and Kendall tau between score and accuracy."),
+    folds: int = typer.Option(5, help="Folds of --validate."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the ranking to OUT (.csv, else JSON)."),
+    val: float = typer.Option(0.15, help="Validation fraction held out (as 'fit' does) when the data has no val/ folder."),
+    test: float = typer.Option(0.15, help="Test fraction held out (as 'fit' does) when the data has no test/ folder."),
+    seed: int = typer.Option(0),
+    batch_size: int = typer.Option(64),
+    no_cache: bool = typer.Option(False, help="Do not read or write the feature cache."),
+    runtime: str = typer.Option("auto", help="Feature extraction runtime: auto | openvino | onnx | torch."),
+) -> None:
+    """Rank backbones for a dataset by transferability scores (LogME, H-score, LEEP, NCE): seconds, no training."""
+    from .select import rank_backbones
+
+    ranking = rank_backbones(
+        data, backbones=backbones, score=score, validate=validate, folds=folds, val=val, test=test, seed=seed,
+        batch_size=batch_size, runtime=runtime, cache=not no_cache, progress=True,
+    )
+    _print_ranking(ranking)
+    if out is not None:
+        print(f"ranking written to {ranking.write(out)}")
+
+
+def _print_ranking(ranking) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .select import get_score
+
+    def fmt(v) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    extra = [s for s in ranking.scores if s != ranking.score_name]
+    cols = ["rank", "backbone", get_score(ranking.score_name).title, *[get_score(s).title for s in extra], "dim", "extract s", "score s"]
+    if ranking.folds:
+        cols.append(f"CV acc ({ranking.folds}-fold)")
+    t = Table(*cols, title=f"{ranking.n_samples} training samples, {ranking.n_classes} classes; higher scores are better")
+    for r in ranking.rows:
+        row = [str(r.rank), r.backbone, fmt(r.score), *[fmt(r.scores.get(s)) for s in extra], str(r.dim), f"{r.extract_s:.1f}", f"{r.score_s:.3f}"]
+        if ranking.folds:
+            row.append("-" if r.cv_accuracy is None else f"{r.cv_accuracy:.4f} ± {r.cv_std:.4f}")
+        t.add_row(*row)
+    Console(width=max(120, 14 * len(cols))).print(t)
+    for r in ranking.rows:
+        for s, note in r.notes.items():
+            print(f"{r.backbone}: {get_score(s).title} not computed: {note}")
+    for s, k in (ranking.kendall or {}).items():
+        tau = f"undefined (needs 2 or more scored backbones with distinct values)" if k["tau"] is None else f"{k['tau']:.3f}"
+        p = "" if k["p"] is None else f" (p={k['p']:.3f})"
+        print(f"Kendall tau between {get_score(s).title} and CV accuracy over {k['n']} backbones: {tau}{p}")
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import logging
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -39,6 +39,7 @@ def fit(
     data: Any,
     *,
     backbone: str = "efficientnet_lite0",
+    candidates: str | Sequence[str] | None = None,
     strategy: str = "linear",
     head: str = "logreg",
     out: str | Path | None = None,
@@ -80,6 +81,10 @@ def fit(
         raise HeadstartError(f"The 'epochs' parameter must be at least 1; got {epochs!r}.")
     if save:
         check_run_dir(out, overwrite=overwrite)  # before the work, not after it
+    # backbone="auto": rank the candidates by LogME on the training split, fit the top one (select/).
+    from .select.rank import resolve_backbone
+
+    backbone, ranking = resolve_backbone(data, backbone, candidates, weights=weights, val=val, test=test, seed=seed, strict=strict, batch_size=batch_size, runtime=runtime, cache=cache, progress=progress)
 
     t0 = time.perf_counter()
     splits = load_splits(data, val=val, test=test, seed=seed, strict=strict)
@@ -119,6 +124,9 @@ def fit(
     }
     model.info = {"strategy": strategy, "head": head, "backbone": backbone, "trained_on": splits.train.source}
     metrics: dict[str, Any] = {"classes": classes, "counts": splits.summary(), "problems": [str(p) for ds in (splits.train, splits.val, splits.test) if ds is not None for p in ds.problems]}
+    if ranking is not None:  # why this backbone; the report renders metrics["backbone_ranking"]
+        config["backbone_selection"] = {"requested": "auto", "candidates": [r.backbone for r in ranking.rows], "score": ranking.score_name}
+        metrics["backbone_ranking"] = ranking.to_dicts()
     eval_ds = splits.test if splits.test is not None and len(splits.test) else splits.val
     if eval_ds is not None and len(eval_ds):
         t = time.perf_counter()
