@@ -166,6 +166,72 @@ def _print_metrics(m: dict) -> None:
 
 
 @app.command()
+def report(run: Path = typer.Argument(..., help="A run folder written by 'headstart fit' (or 'headstart curve').")) -> None:
+    """(Re)write report.html, report.md and plots/ of a run folder, from the folder alone."""
+    from .evaluate.report import write_report
+
+    print(write_report(run))
+
+
+@app.command()
+def compare(
+    runs: List[Path] = typer.Argument(..., help="Run folders written by 'headstart fit'."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write OUT.csv and OUT.md."),
+    speed: bool = typer.Option(True, help="Measure inference speed (images/s of a forward pass on a batch of random images)."),
+) -> None:
+    """Side-by-side table of runs: strategy, backbone, metrics, train time, inference speed, model size."""
+    from .evaluate.compare import COLUMNS, compare_runs
+
+    rows = compare_runs(runs, out=out, speed=speed)
+    _print_rows([c for c in COLUMNS if any(r.get(c) is not None for r in rows)], rows)
+
+
+def _print_rows(cols: list, rows: list) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(*cols)
+    for r in rows:
+        t.add_row(*["" if r.get(c) is None else f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+    Console(width=max(160, len(cols) * 12)).print(t)
+
+
+@app.command()
+def curve(
+    data: str = typer.Argument(..., help="Image folder, CSV manifest, .npz or 'shapes:<names>' (split once; the test split is fixed)."),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Pretrained backbone of the linear probe and the fine-tuned model."),
+    fractions: str = typer.Option("0.05,0.1,0.25,0.5,1", help="Fractions of the training labels, comma-separated."),
+    seeds: int = typer.Option(3, help="Seeds per fraction (subsample and training)."),
+    scratch_backbone: str = typer.Option("scratch_cnn", help="Backbone trained from random weights."),
+    methods: str = typer.Option("linear,finetune,scratch", help="Which of linear, finetune, scratch to run."),
+    target_acc: float = typer.Option(0.9, help="Target test accuracy for 'time to reach the target'."),
+    epochs: int = typer.Option(10, help="Epochs of fine-tuning."),
+    scratch_epochs: Optional[int] = typer.Option(None, help="Epochs of training from scratch (default: --epochs)."),
+    lr: float = typer.Option(1e-3),
+    batch_size: int = typer.Option(32),
+    n_per_class: int = typer.Option(200, help="Images per class of built-in sets (shapes)."),
+    cache: bool = typer.Option(False, help="Reuse cached features (faster linear probes, but their timings then omit extraction)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default runs/curve-<time>); may be a run folder."),
+) -> None:
+    """Accuracy vs labels per class: linear probe and fine-tuning of a pretrained backbone vs training from scratch."""
+    from .evaluate.curve import summarize_curve, transfer_curve
+
+    res = transfer_curve(
+        data, backbone=backbone, fractions=fractions, seeds=seeds, scratch_backbone=scratch_backbone,
+        methods=[m.strip() for m in methods.split(",") if m.strip()], target_acc=target_acc, epochs=epochs,
+        scratch_epochs=scratch_epochs, lr=lr, batch_size=batch_size, n_per_class=n_per_class, cache=cache, out=out,
+    )
+    table = summarize_curve(res["rows"])
+    ms = list(res["summary"]["methods"])
+    points = dict.fromkeys((r["fraction"], r["labels_per_class"]) for r in res["rows"])
+    _print_rows(["fraction", "labels/class", *ms], [{"fraction": f, "labels/class": n, **{m: table[(f, m)] for m in ms}} for f, n in points])
+    for m, d in res["summary"]["methods"].items():
+        print(f"{m}: target {target_acc:g} reached at {d['labels_per_class_to_target']} labels/class "
+              f"({d['seconds_to_target']} s per fit); all fits {d['total_seconds']} s wall, {d['total_cpu_seconds']} s CPU")
+    print(f"results: {res['out']}")
+
+
+@app.command()
 def rank(
     data: str = typer.Argument(..., help="Image folder, CSV manifest, .npz or 'shapes:<names>' (scored on its training split)."),
     backbones: str = typer.Option(..., "--backbones", "-b", help="Comma-separated backbones: names, timm:<name>, run:<folder>."),

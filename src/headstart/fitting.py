@@ -148,6 +148,9 @@ def fit(
         if proba is not None:
             write_predictions(run_dir, [eval_ds.item_name(i) for i in range(len(eval_ds))], eval_ds.labels, proba, classes, split_name)
         log.info("run written to %s", run_dir)
+        from .evaluate.report import report_after_fit  # report.html, report.md, plots/; warns, never raises
+
+        report_after_fit(run_dir, model, eval_ds if proba is not None else None)
     return model
 
 
