@@ -28,7 +28,8 @@ the exact evidence and is checked against direct maximisation of the Gaussian ma
 
 :math:`\alpha, \beta` are maximised by MacKay's fixed point,
 :math:`\alpha \leftarrow \gamma / \lVert m\rVert^2`, :math:`\beta \leftarrow (n - \gamma) / \lVert y_c - F m\rVert^2`,
-for all classes at once (vectors of length C). The score is
+for all classes at once (vectors of length C), with :math:`\alpha/\beta \ge` ``T_MIN`` (see
+there: only binds when the labels can be interpolated exactly). The score is
 :math:`\frac{1}{C}\sum_c \mathcal{L}_c(\alpha_c^*, \beta_c^*) / n` (higher is better; typically in
 [-2, 2]). One decomposition of :math:`F` serves every class (:mod:`._spectral`); the maximum is
 invariant to scaling :math:`F`, so the spectrum is normalised first for numerical range.
@@ -49,6 +50,13 @@ import numpy as np
 
 from ._spectral import Spectrum, check_inputs, spectrum
 from .registry import register_score
+
+
+#: Smallest ratio alpha / beta (a ridge, relative to the mean eigenvalue of F^T F). When the labels lie
+#: exactly in the span of rank-deficient features (d >= n with duplicate rows, say) the evidence grows
+#: without bound as beta -> inf; on the boundary t = T_MIN the maximum over beta is closed-form
+#: (beta = n / (|y - Fm|^2 + t |m|^2)), so the score is finite and independent of ``max_iter``.
+T_MIN = 1e-8
 
 
 @register_score("logme", needs="features", title="LogME", citation="You et al., ICML 2021")
@@ -83,6 +91,11 @@ def logme_evidence(sp: Spectrum, *, max_iter: int = 100, tol: float = 1e-6) -> n
         gamma, m2, res2 = stats(t)
         alpha = gamma / (m2 + eps)
         beta = np.maximum(n - gamma, eps) / (res2 + eps)
+        low = alpha / beta < T_MIN
+        if low.any():  # interpolation regime: maximise over beta on the boundary t = T_MIN (closed form)
+            _, m2_b, res2_b = stats(np.full(C, T_MIN))
+            beta = np.where(low, n / (res2_b + T_MIN * m2_b + eps), beta)
+            alpha = np.where(low, T_MIN * beta, alpha)
         if np.max(np.abs(alpha / beta - t) / t) < tol:
             break
     gamma, m2, res2 = stats(alpha / beta)
