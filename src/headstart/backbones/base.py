@@ -126,6 +126,20 @@ class Backbone(nn.Module):
         """
         raise NotImplementedError
 
+    # Split forward at a layer-group boundary, for the activation cache of partial fine-tuning:
+    # ``forward_from(k, forward_until(k, x)) == forward(x)`` for 0 <= k <= len(layer_groups()).
+    def forward_until(self, group: int, x: Any) -> Any:
+        """The activations entering layer group ``group`` (after groups ``0..group-1``); ``x`` itself for 0.
+
+        Backbones that cannot be split raise ``NotImplementedError`` (the cache is then not used).
+        The result is a tensor or a dict of tensors with the batch first.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot run a prefix of its layer groups")
+
+    def forward_from(self, group: int, h: Any) -> torch.Tensor:
+        """Pooled features ``(batch, num_features)`` from the activations entering layer group ``group``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run a suffix of its layer groups")
+
     def source_head(self) -> nn.Module | None:
         """The classifier of the source task (e.g. ImageNet's 1000 classes), when the weights have one.
 

@@ -53,6 +53,16 @@ class ScratchCNN(Backbone):
     def layer_groups(self) -> list[nn.Module]:
         return list(self.blocks)
 
+    def forward_until(self, group: int, x: torch.Tensor) -> torch.Tensor:
+        for b in self.blocks[: int(group)]:
+            x = b(x)
+        return x
+
+    def forward_from(self, group: int, h: torch.Tensor) -> torch.Tensor:
+        for b in self.blocks[int(group) :]:
+            h = b(h)
+        return self.pool(h)
+
 
 def _load_weights(bb: Backbone, weights: str | None) -> Backbone:
     if weights is not None:

@@ -96,6 +96,46 @@ class TimmBackbone(Backbone):
     def layer_groups(self) -> list[nn.Module]:
         return timm_layer_groups(self.model, exclude=self._classifier_names)
 
+    def _split_plan(self) -> list[int]:
+        """For EfficientNet-style models (conv_stem/bn1, blocks.0..m-1, conv_head/bn2): the layer group of
+        each segment [stem, block 0, ..., block m-1, head]; other architectures cannot be split."""
+        m = self.model
+        if not all(hasattr(m, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
+            raise NotImplementedError(f"{self.name}: only EfficientNet-style timm models can be split at a layer group")
+        n_blocks = len(m.blocks)
+        seg_of = {"conv_stem": 0, "bn1": 0, "conv_head": n_blocks + 1, "bn2": n_blocks + 1}
+        plan: dict[int, int] = {}
+        for gi, g in enumerate(self.layer_groups()):
+            for name in getattr(g, "member_names", []):
+                parts = name.split(".")
+                seg = int(parts[1]) + 1 if parts[0] == "blocks" else seg_of.get(parts[0])
+                if seg is None or plan.setdefault(seg, gi) != gi:
+                    raise NotImplementedError(f"{self.name}: layer group {gi} does not follow the stem/blocks/head order")
+        order = [plan.get(i) for i in range(n_blocks + 2)]
+        if None in order or order != sorted(order):
+            raise NotImplementedError(f"{self.name}: layer groups do not cover stem, blocks and head in order")
+        return order  # type: ignore[return-value]
+
+    def _run_segment(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        if i == 0:
+            return m.bn1(m.conv_stem(x))
+        if i == len(m.blocks) + 1:
+            return m.bn2(m.conv_head(x))
+        return m.blocks[i - 1](x)
+
+    def forward_until(self, group: int, x: torch.Tensor) -> torch.Tensor:
+        for i, g in enumerate(self._split_plan()):
+            if g < group:
+                x = self._run_segment(i, x)
+        return x
+
+    def forward_from(self, group: int, h: torch.Tensor) -> torch.Tensor:
+        for i, g in enumerate(self._split_plan()):
+            if g >= group:
+                h = self._run_segment(i, h)
+        return self.model.forward_head(h, pre_logits=True)
+
     def source_head(self) -> nn.Module | None:
         head = self.model.get_classifier()
         return None if isinstance(head, nn.Identity) else head
