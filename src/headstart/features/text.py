@@ -1,0 +1,261 @@
+"""The text branch of feature extraction: tokenized batches, sorted by length, on the fastest verified runtime.
+
+Flow (as for images, see :mod:`.extract`): hash every text (its UTF-8 bytes, under the backbone
+fingerprint, which covers the weights hash, the tokenizer's hash and its max length) -> fill cached
+rows -> sort the missing texts by length (longest first, so batches carry little padding and the
+largest batch comes first) -> tokenize one batch at a time (nothing but the texts and the output
+array is ever held for the whole set) -> run the batch -> write rows into the output and the cache.
+
+Runtimes for transformer encoders on CPU (``runtime="auto"``): the backbone is exported once to
+ONNX with dynamic batch and sequence axes (inputs ``input_ids``, ``attention_mask``; output the
+pooled features), checked against eager torch on a real batch, and run in ONNX Runtime or OpenVINO
+(fp32), whichever :data:`AUTO_ORDER` lists first and passes the check; eager torch otherwise.
+Exports and verdicts live in ``<cache_dir>/onnx/`` beside the image ones. Backbones that are ONNX
+graphs already (``backbone.onnx_path``) run that graph; ``backbone.preferred_runtime == "torch"``
+(word vectors: a table lookup) skips the export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._io import atomic_path, write_json
+from ..data.dataset import LabeledDataset
+from .cache import FeatureCache, backbone_fingerprint, default_cache_dir, item_keys
+from .runtime import OPSET, RTOL, _device_of, _ov_compiled, _read_json, available_cores
+
+logger = logging.getLogger("headstart.features")
+
+#: Order of preference under ``runtime="auto"`` on CPU (measured: see benchmarks/text_embed_speed.py).
+AUTO_ORDER = ("onnx", "openvino")
+INPUTS = ("input_ids", "attention_mask")
+
+
+class TextTorchRunner:
+    name = "torch"
+
+    def __init__(self, backbone: torch.nn.Module):
+        self.backbone, self.device = backbone, _device_of(backbone)
+
+    def __call__(self, x: dict[str, torch.Tensor]) -> np.ndarray:
+        with torch.inference_mode():
+            feeds = {k: v.to(self.device) for k, v in x.items()}
+            return self.backbone(feeds).float().cpu().numpy()
+
+
+class TextOnnxRunner:
+    """An ONNX Runtime CPU session over a text encoder graph (all optimisations, threads = cores)."""
+
+    name = "onnx"
+
+    def __init__(self, path: Path, output: str | None = None):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = available_cores()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.outputs = [output] if output else [self.session.get_outputs()[0].name]
+
+    def __call__(self, x: dict[str, torch.Tensor]) -> np.ndarray:
+        feeds = {k: np.ascontiguousarray(x[k].numpy(), dtype=np.int64) for k in INPUTS}
+        return np.asarray(self.session.run(self.outputs, feeds)[0], dtype=np.float32)
+
+
+class TextOpenVinoRunner:
+    """The ONNX export compiled by OpenVINO for CPU in fp32 (dynamic shapes; one synchronous request)."""
+
+    name = "openvino"
+
+    def __init__(self, path: Path, output: str | None = None):
+        self.compiled = _ov_compiled(path, hint="LATENCY", pinning=False)
+        self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.output(output) if output else self.compiled.output(0)
+
+    def __call__(self, x: dict[str, torch.Tensor]) -> np.ndarray:
+        feeds = {k: np.ascontiguousarray(x[k].numpy(), dtype=np.int64) for k in INPUTS}
+        return np.array(self.request.infer(feeds)[self.output], dtype=np.float32)
+
+
+class _Export(torch.nn.Module):
+    """``forward(input_ids, attention_mask)`` of a text backbone, for the ONNX exporter."""
+
+    def __init__(self, backbone: torch.nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.backbone({"input_ids": input_ids, "attention_mask": attention_mask})
+
+
+def text_onnx_model(backbone, sample: dict[str, torch.Tensor], *, fingerprint: str, cache_dir: Path) -> Path:
+    """Path of the verified ONNX export of a text backbone, exporting and verifying it once."""
+    import onnxruntime as ort
+
+    stem = f"text-{fingerprint[:32]}-torch{torch.__version__}-ort{ort.__version__}-opset{OPSET}".replace("+", "_")
+    path = Path(cache_dir) / "onnx" / f"{stem}.onnx"
+    verdict_path = path.with_suffix(".json")
+    verdict = _read_json(verdict_path)
+    if verdict is not None and verdict.get("ok") is False:
+        raise RuntimeError(f"an earlier export failed ({verdict.get('reason')}); delete {verdict_path} to retry")
+    if verdict is not None and verdict.get("ok") and path.is_file():
+        return path
+    t0 = time.perf_counter()
+    try:
+        # Batch 2 with padding in one row: tracing a batch without padding lets transformers drop the
+        # attention mask from the graph (its "all ones" shortcut), which is then wrong for padded batches.
+        probe = _with_padding(sample, 2)
+        ids, mask = probe["input_ids"], probe["attention_mask"]
+        axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}, "features": {0: "batch"}}
+        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")  # exporter chatter; failures still raise
+            torch.onnx.export(_Export(backbone).eval(), (ids, mask), str(tmp), input_names=list(INPUTS), output_names=["features"],
+                              dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+        diff, scale = _compare(backbone, TextOnnxRunner(path), sample)
+        if not np.isfinite(diff) or diff > RTOL * max(scale, 1e-6):
+            raise RuntimeError(f"ONNX Runtime features differ from eager torch: max abs diff {diff:.3g} (scale {scale:.3g})")
+    except Exception as e:
+        write_json(verdict_path, {"ok": False, "reason": f"{type(e).__name__}: {e}"[:2000]})
+        path.unlink(missing_ok=True)
+        raise
+    write_json(verdict_path, {"ok": True, "max_abs_diff": diff, "scale": scale, "fingerprint": fingerprint})
+    logger.info("features: exported text encoder to ONNX in %.1fs (max abs diff vs torch %.2g)", time.perf_counter() - t0, diff)
+    return path
+
+
+def _with_padding(sample: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
+    """``rows`` rows of ``sample`` (repeated if short), at least 4 tokens long, row ``i`` masked after
+    a shorter length than row ``i - 1``: a batch with varied padding, for export and verification."""
+    ids, mask = sample["input_ids"], sample["attention_mask"]
+    idx = torch.arange(rows) % len(ids)
+    ids, mask = ids[idx].clone(), mask[idx].clone()
+    if ids.shape[1] < 4:
+        pad = 4 - ids.shape[1]
+        ids = torch.cat([ids, ids[:, -1:].repeat(1, pad)], 1)
+        mask = torch.cat([mask, mask[:, -1:].repeat(1, pad)], 1)
+    length = ids.shape[1]
+    for i in range(1, rows):
+        keep = max(2, length - i * max(1, length // (rows + 1)))
+        mask[i, keep:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _compare(backbone, runner, sample: dict[str, torch.Tensor]) -> tuple[float, float]:
+    x = _with_padding(sample, min(8, max(4, len(sample["input_ids"]))))
+    with torch.inference_mode():
+        ref = backbone(x).float().numpy()
+    got = runner(x)
+    if got.shape != ref.shape:
+        raise RuntimeError(f"{runner.name} output shape {got.shape} != eager {ref.shape}")
+    return float(np.abs(got - ref).max()), float(np.abs(ref).max())
+
+
+def make_text_runner(runtime: str, backbone, sample: dict[str, torch.Tensor], *, fingerprint: str, cache_dir: Path):
+    """The runner for a text backbone (see the module doc); ``"onnx"``/``"openvino"`` raise if unusable."""
+    device = _device_of(backbone)
+    native = getattr(backbone, "onnx_path", None)
+    if native is not None:
+        if runtime == "openvino":
+            return _verified_openvino(backbone, Path(native), sample)
+        return TextOnnxRunner(Path(native), getattr(backbone, "output_name", None))
+    if runtime == "torch" or (runtime == "auto" and (device.type != "cpu" or backbone.preferred_runtime == "torch")):
+        return TextTorchRunner(backbone)
+    if device.type != "cpu":
+        raise ValueError(f"runtime={runtime!r} runs on CPU but the backbone is on {device}; use runtime='torch' or 'auto'.")
+    order = AUTO_ORDER if runtime == "auto" else (runtime,)
+    try:
+        path = text_onnx_model(backbone, sample, fingerprint=fingerprint, cache_dir=cache_dir)
+    except Exception as e:  # noqa: BLE001 - any export failure means "use torch", with the reason
+        if runtime != "auto":
+            raise RuntimeError(f"runtime={runtime!r} is not usable for this backbone: {e}. Use runtime='torch' or 'auto'.") from e
+        logger.info("features: runtime torch (ONNX export not usable: %s)", e)
+        return TextTorchRunner(backbone)
+    for name in order:
+        try:
+            runner = TextOnnxRunner(path) if name == "onnx" else _verified_openvino(backbone, path, sample)
+            logger.info("features: runtime %s", runner.name)
+            return runner
+        except Exception as e:  # noqa: BLE001
+            if runtime != "auto":
+                raise RuntimeError(f"runtime={runtime!r} is not usable for this backbone: {e}. Use runtime='torch' or 'auto'.") from e
+            logger.info("features: %s not usable (%s)", name, e)
+    return TextTorchRunner(backbone)
+
+
+def _verified_openvino(backbone, path: Path, sample: dict[str, torch.Tensor]) -> TextOpenVinoRunner:
+    import openvino as ov
+
+    verdict_path = path.with_name(f"{path.stem}.openvino{ov.__version__.split('-')[0]}.json")
+    verdict = _read_json(verdict_path)
+    if verdict is not None and verdict.get("ok") is False:
+        raise RuntimeError(f"an earlier check failed ({verdict.get('reason')}); delete {verdict_path} to retry")
+    runner = TextOpenVinoRunner(path, getattr(backbone, "output_name", None) if getattr(backbone, "onnx_path", None) else None)
+    if verdict is None:
+        diff, scale = _compare(backbone, runner, sample)
+        ok = bool(np.isfinite(diff) and diff <= RTOL * max(scale, 1e-6))
+        write_json(verdict_path, {"ok": ok, "max_abs_diff": diff, "scale": scale, "reason": None if ok else "features differ from torch"})
+        if not ok:
+            raise RuntimeError(f"OpenVINO features differ from eager torch: max abs diff {diff:.3g} (scale {scale:.3g})")
+    return runner
+
+
+def extract_text_features(
+    backbone,
+    dataset: LabeledDataset,
+    *,
+    batch_size: int = 64,
+    runtime: str = "auto",
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Pooled features ``(N, D)`` float32 of the texts of ``dataset`` (see the module doc); called by
+    :func:`~headstart.features.extract.extract_features` for ``modality == "text"``."""
+    from .extract import _eval_mode, _progress_bar
+    from ..backbones.text import warn_truncated
+
+    t0 = time.perf_counter()
+    n, dim = len(dataset), int(backbone.num_features)
+    out = np.empty((n, dim), dtype=np.float32)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    fingerprint = backbone_fingerprint(backbone)
+    store, keys, missing = None, None, np.arange(n)
+    if cache and n:
+        store = FeatureCache(root, fingerprint)
+        keys = item_keys(fingerprint, n, dataset.item_bytes)
+        missing = np.flatnonzero(~store.lookup(keys, out))
+        logger.info("features: %d of %d texts cached (%.2fs to hash and look up)", n - len(missing), n, time.perf_counter() - t0)
+    if len(missing) == 0:
+        return out
+    items = dataset.items
+    order = missing[np.argsort([-len(items[i]) for i in missing], kind="stable")]
+    t1, cut, runner = time.perf_counter(), 0, None
+    with _eval_mode(backbone), _progress_bar(len(order), progress) as advance:
+        try:
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                x = backbone.tokenize([str(items[i]) for i in rows], warn=False)
+                cut += backbone.last_truncated
+                if runner is None:
+                    runner = make_text_runner(runtime, backbone, x, fingerprint=fingerprint, cache_dir=root)
+                feats = runner(x)
+                out[rows] = feats
+                if store is not None:
+                    store.add([keys[i] for i in rows], feats)
+                advance(len(rows))
+        finally:
+            if store is not None:
+                store.flush()
+    if cut:
+        warn_truncated(backbone, cut, len(order))
+    dt = time.perf_counter() - t1
+    logger.info("features: encoded %d texts with runtime %s in %.1fs (%.0f texts/s)", len(order), runner.name if runner else "-", dt, len(order) / max(dt, 1e-9))
+    return out
