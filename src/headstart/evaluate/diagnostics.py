@@ -4,7 +4,9 @@ Each check reads the run folder only (history, predictions, counts) and returns 
 :class:`Finding` when it sees a problem. Thresholds are rules of thumb, stated in the messages:
 
 - **over-fitting**: validation loss at the end is more than 10 % above its minimum while training
-  loss kept falling, or training accuracy is more than 10 points above validation accuracy;
+  loss kept falling, or training accuracy is more than 10 points above validation accuracy (and
+  more than twice the standard error of the validation accuracy, so that a tiny validation set
+  does not cry wolf);
 - **under-fitting**: training accuracy below 80 %;
 - **class imbalance**: the largest training class has at least 3x the items of the smallest;
 - **confused pairs**: two classes mistaken for each other in at least 10 % of the smaller one's
@@ -57,7 +59,9 @@ def _overfitting(rec: RunRecord) -> Finding | None:
     if rows:
         r = min(rows, key=lambda r: r["val_loss"]) if all(isinstance(x.get("val_loss"), (int, float)) for x in rows) else rows[-1]
         tr, va = r.get("train_acc"), r.get("val_acc")
-        if isinstance(tr, (int, float)) and isinstance(va, (int, float)) and tr - va > 0.10:
+        n_val = sum(((rec.metrics.get("counts") or {}).get("val") or {}).values())
+        noise = 2 * np.sqrt(max(va * (1 - va), 0.05) / n_val) if isinstance(va, (int, float)) and n_val else 0.0
+        if isinstance(tr, (int, float)) and isinstance(va, (int, float)) and tr - va > max(0.10, noise):
             return Finding(
                 "Over-fitting: training accuracy well above validation accuracy",
                 f"At the kept weights, training accuracy is {tr:.1%} but validation accuracy {va:.1%} (a gap of {tr - va:.1%}, more than 10 points).",
