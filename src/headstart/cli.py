@@ -66,8 +66,8 @@ def backbones(modality: Optional[str] = typer.Option(None, help="Only 'image' or
 
 @app.command()
 def fit(
-    data: str = typer.Argument(..., help="Image folder (root/<class>/*, optional train/val/test), CSV manifest, .npz, or 'shapes:<names>'."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone name (see 'headstart backbones'), timm:<name>, run:<folder>, or 'auto' (the top LogME of --candidates)."),
+    data: str = typer.Argument(..., help="Image folder (root/<class>/*, optional train/val/test), CSV manifest, .npz, 'shapes:<names>'; or texts: a CSV/TSV/JSONL table or a folder of .txt files per class."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Backbone name (see 'headstart backbones'; default efficientnet_lite0 for images, minilm_l6 for texts), timm:<name>, hf:<name|folder>, run:<folder>, or 'auto' (the top LogME of --candidates)."),
     candidates: Optional[str] = typer.Option(None, help="With --backbone auto: comma-separated backbones to rank (default efficientnet_lite0,efficientnet_lite1,efficientnet_lite2)."),
     strategy: str = typer.Option("linear", "--strategy", "-s", help="linear | finetune"),
     head: str = typer.Option("logreg", help="logreg | mlp"),
@@ -84,6 +84,8 @@ def fit(
     no_cache: bool = typer.Option(False, help="Do not read or write the feature cache."),
     runtime: str = typer.Option("auto", help="Feature extraction runtime: auto | openvino | onnx | torch."),
     overwrite: bool = typer.Option(False, help="Overwrite an existing run folder given with --out."),
+    text_col: Optional[str] = typer.Option(None, "--text-col", help="Text column of a CSV/TSV/JSONL table (default: text, sentence, review, ...)."),
+    label_col: Optional[str] = typer.Option(None, "--label-col", help="Label column of a table (default: label, class, target, ...)."),
 ) -> None:
     """Train a classifier by transfer learning and write a run folder."""
     from .fitting import fit as fit_fn
@@ -91,7 +93,7 @@ def fit(
     model = fit_fn(
         data, backbone=backbone, candidates=candidates, strategy=strategy, head=head, out=out, weights=weights, val=val, test=test, seed=seed,
         epochs=epochs, lr=lr, batch_size=batch_size, class_weights=class_weights, strict=strict, cache=not no_cache,
-        runtime=runtime, progress=True, overwrite=overwrite,
+        runtime=runtime, progress=True, overwrite=overwrite, text_col=text_col, label_col=label_col,
     )
     _print_fit_summary(model)
 
@@ -114,20 +116,24 @@ def _print_fit_summary(model) -> None:
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="A run folder written by 'headstart fit'."),
-    files: List[Path] = typer.Argument(..., help="Images to classify."),
+    files: Optional[List[str]] = typer.Argument(None, help="Images to classify; for a text run, '-' reads texts from stdin (one per line)."),
+    text: Optional[List[str]] = typer.Option(None, "--text", "-t", help="A text to classify (text runs; repeatable)."),
+    text_file: Optional[Path] = typer.Option(None, "--file", help="A UTF-8 file of texts to classify, one per line (text runs)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
     top_k: int = typer.Option(1, help="Show the k most likely classes."),
 ) -> None:
-    """Classify files with a saved run: class and probability per file."""
-    from .model import load
+    """Classify images or texts with a saved run: class and probability per input."""
+    from .model import load, prediction_inputs
 
     model = load(run)
-    proba = model.predict_proba([str(f) for f in files])
+    names, inputs = prediction_inputs(model.modality, files=files or [], texts=text or [], text_file=text_file)
+    proba = model.predict_proba(inputs)
     k = max(1, min(top_k, len(model.classes)))
-    for f, row in zip(files, proba):
+    key = "text" if model.modality == "text" else "file"
+    for f, row in zip(names, proba):
         order = row.argsort()[::-1][:k]
         if as_json:
-            print(json.dumps({"file": str(f), "prediction": model.classes[order[0]], "probability": round(float(row[order[0]]), 6), "top": [{"class": model.classes[i], "probability": round(float(row[i]), 6)} for i in order]}))
+            print(json.dumps({key: str(f), "prediction": model.classes[order[0]], "probability": round(float(row[order[0]]), 6), "top": [{"class": model.classes[i], "probability": round(float(row[i]), 6)} for i in order]}))
         else:
             print(f"{f}\t" + "\t".join(f"{model.classes[i]} {row[i]:.4f}" for i in order))
 
@@ -207,8 +213,11 @@ def curve(
     target_acc: float = typer.Option(0.9, help="Target test accuracy for 'time to reach the target'."),
     epochs: int = typer.Option(10, help="Epochs of fine-tuning."),
     scratch_epochs: Optional[int] = typer.Option(None, help="Epochs of training from scratch (default: --epochs)."),
-    lr: float = typer.Option(1e-3),
+    lr: float = typer.Option(1e-3, help="Learning rate of fine-tuning."),
+    scratch_lr: Optional[float] = typer.Option(None, help="Learning rate of training from scratch (default: --lr)."),
     batch_size: int = typer.Option(32),
+    val: float = typer.Option(0.15, help="Validation fraction when the data has no val/ folder (subsampled like the training split)."),
+    test: float = typer.Option(0.15, help="Test fraction when the data has no test/ folder (fixed, never subsampled)."),
     n_per_class: int = typer.Option(200, help="Images per class of built-in sets (shapes)."),
     cache: bool = typer.Option(False, help="Reuse cached features (faster linear probes, but their timings then omit extraction)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default runs/curve-<time>); may be a run folder."),
@@ -216,15 +225,19 @@ def curve(
     """Accuracy vs labels per class: linear probe and fine-tuning of a pretrained backbone vs training from scratch."""
     from .evaluate.curve import summarize_curve, transfer_curve
 
+    if not logging.getLogger().isEnabledFor(logging.INFO):  # without -v: one line per fit, not every fit's logs
+        logging.getLogger("headstart").setLevel(logging.WARNING)
+        logging.getLogger("headstart.curve").setLevel(logging.INFO)
     res = transfer_curve(
         data, backbone=backbone, fractions=fractions, seeds=seeds, scratch_backbone=scratch_backbone,
         methods=[m.strip() for m in methods.split(",") if m.strip()], target_acc=target_acc, epochs=epochs,
-        scratch_epochs=scratch_epochs, lr=lr, batch_size=batch_size, n_per_class=n_per_class, cache=cache, out=out,
+        scratch_epochs=scratch_epochs, lr=lr, scratch_lr=scratch_lr, batch_size=batch_size, val=val, test=test,
+        n_per_class=n_per_class, cache=cache, out=out,
     )
     table = summarize_curve(res["rows"])
     ms = list(res["summary"]["methods"])
     points = dict.fromkeys((r["fraction"], r["labels_per_class"]) for r in res["rows"])
-    _print_rows(["fraction", "labels/class", *ms], [{"fraction": f, "labels/class": n, **{m: table[(f, m)] for m in ms}} for f, n in points])
+    _print_rows(["fraction", "labels/class", *ms], [{"fraction": str(f), "labels/class": n, **{m: table[(f, m)] for m in ms}} for f, n in points])
     for m, d in res["summary"]["methods"].items():
         print(f"{m}: target {target_acc:g} reached at {d['labels_per_class_to_target']} labels/class "
               f"({d['seconds_to_target']} s per fit); all fits {d['total_seconds']} s wall, {d['total_cpu_seconds']} s CPU")

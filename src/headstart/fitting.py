@@ -38,7 +38,7 @@ def _check_fraction(name: str, value: float) -> None:
 def fit(
     data: Any,
     *,
-    backbone: str = "efficientnet_lite0",
+    backbone: str | None = None,
     candidates: str | Sequence[str] | None = None,
     strategy: str = "linear",
     head: str = "logreg",
@@ -60,8 +60,17 @@ def fit(
     progress: bool = False,
     overwrite: bool = False,
     save: bool = True,
+    text_col: str | None = None,
+    label_col: str | None = None,
+    backbone_lr: float | None = None,
 ):
     """Train a classifier on ``data`` by transfer from ``backbone``; write the run folder; return the Model.
+
+    ``backbone`` defaults to ``"minilm_l6"`` for texts and ``"efficientnet_lite0"`` for images.
+    Texts: a CSV/TSV/JSONL table (``text_col``/``label_col``, auto-detected by default) or a folder
+    of ``.txt`` files per class; ``strategy="finetune"`` on texts trains the head on the frozen
+    encoder first, then unfreezes it from the top (encoder at ``backbone_lr``, default 2e-5; see
+    :mod:`headstart.text_finetune`).
 
     ``data``: a folder (``root/<class>/*``, with optional train/val/test subfolders), a CSV manifest
     (``path,label``), an ``.npz`` of arrays, ``"shapes:<names>"``, or a LabeledDataset/Splits.
@@ -84,16 +93,33 @@ def fit(
     # backbone="auto": rank the candidates by LogME on the training split, fit the top one (select/).
     from .select.rank import resolve_backbone
 
+    if backbone is None:
+        from .data.load import guess_modality
+
+        backbone = "minilm_l6" if guess_modality(data, text_col=text_col) == "text" else "efficientnet_lite0"
     backbone, ranking = resolve_backbone(data, backbone, candidates, weights=weights, val=val, test=test, seed=seed, strict=strict, batch_size=batch_size, runtime=runtime, cache=cache, progress=progress)
 
     t0 = time.perf_counter()
-    splits = load_splits(data, val=val, test=test, seed=seed, strict=strict)
+    splits = load_splits(data, val=val, test=test, seed=seed, strict=strict, text_col=text_col, label_col=label_col)
     bb = create_backbone(backbone, weights=weights)
+    if (splits.train.modality == "text") != hasattr(bb, "tokenize"):
+        kind = "text" if splits.train.modality == "text" else "image"
+        raise HeadstartError(
+            f"The data holds {kind}s but backbone {backbone!r} is {'an image' if kind == 'text' else 'a text'} backbone. "
+            f"Fix: pass a {kind} backbone with --backbone (see 'headstart backbones --modality {kind}')."
+        )
     classes = splits.classes
     cw = _class_weights(splits.train.labels, len(classes)) if class_weights == "balanced" else None
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
 
-    if strategy == "linear":
+    if strategy == "finetune" and splits.train.modality == "text":
+        from .text_finetune import fit_text_finetune
+
+        head_mod, history = fit_text_finetune(
+            bb, splits, seed=seed, class_weights=cw, batch_size=batch_size, epochs=epochs, lr=lr, backbone_lr=backbone_lr,
+            patience=patience, progress=progress, dropout=None, timings=timings, runtime=runtime, cache=cache,
+        )
+    elif strategy == "linear":
         head_mod, history = _fit_linear(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience)
     else:
         head_mod, history = _fit_finetune(bb, splits, head, seed, cw, batch_size, epochs, lr, patience, progress, hidden, dropout, timings)
@@ -116,6 +142,9 @@ def fit(
         "class_weights": class_weights,
         "patience": patience,
         "strict": strict,
+        "text_col": text_col,
+        "label_col": label_col,
+        "backbone_lr": backbone_lr,
         "cache": cache,
         "runtime": runtime,
         "classes": classes,

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import __version__
 from ._io import atomic_path, sha256_file, write_json
-from .backbones import Backbone, Preprocessing, Provenance, create_backbone
+from .backbones import Backbone, Provenance, create_backbone, preprocessing_from_dict
 from .data import LabeledDataset, Splits
 from .errors import DataError, RunFolderError
 
@@ -53,6 +53,41 @@ def as_dataset(inputs: Any, *, modality: str = "image") -> LabeledDataset:
             if reason is not None:
                 raise DataError(f"Cannot read {p!r}: {reason}.")
     return LabeledDataset(items, np.zeros(len(items), dtype=np.int64), ["?"], modality, "inputs")
+
+
+def prediction_inputs(
+    modality: str,
+    *,
+    files: Sequence[str] = (),
+    texts: Sequence[str] = (),
+    text_file: str | Path | None = None,
+    stdin: Any = None,
+) -> tuple[list[str], list[str]]:
+    """``(names, inputs)`` for ``predict``: image paths, or texts from ``texts``, a file of lines, and
+    ``"-"`` in ``files`` (read one text per line from ``stdin``, a binary or text stream)."""
+    files = [str(f) for f in files or ()]
+    if modality != "text":
+        if texts or text_file is not None:
+            raise DataError("This run classifies images; --text and --file are for text runs. Give image files.")
+        if not files:
+            raise DataError("Nothing to predict: give one or more image files.")
+        return files, files
+    from .data.text import read_lines
+
+    out = list(texts or ())
+    if text_file is not None:
+        out += read_lines(text_file)
+    for f in files:
+        if f != "-":
+            raise DataError(f"This run classifies texts; got a file argument {f!r}. Use --text \"...\", --file lines.txt, or '-' to read stdin.")
+        if stdin is None:
+            import sys
+
+            stdin = sys.stdin.buffer
+        out += read_lines(stdin)
+    if not out:
+        raise DataError("Nothing to predict: give --text \"...\" (repeatable), --file lines.txt, or '-' and texts on stdin.")
+    return out, out
 
 
 class Model:
@@ -117,6 +152,8 @@ class Model:
         tensors.update({f"head.{k}": v.detach().cpu().contiguous().clone() for k, v in self.head.state_dict().items()})
         with atomic_path(run_dir / "model.safetensors") as tmp:
             save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        if hasattr(self.backbone, "save_files"):  # text: config + tokenizer, so the run folder alone rebuilds it
+            self.backbone.save_files(run_dir / "backbone")
         meta = self.describe()
         meta["weights_sha256"] = sha256_file(run_dir / "model.safetensors")
         write_json(run_dir / "model.json", meta)
@@ -134,6 +171,16 @@ def _labeled(data: Any, classes: list[str]) -> LabeledDataset:
 
     if isinstance(data, Splits):
         data = data.test if data.test is not None else data.train
+    if isinstance(data, (str, Path)):
+        from .data.load import guess_modality
+
+        if guess_modality(data) == "text":
+            from .data.text import load_text_folder, load_text_table
+
+            if Path(data).is_dir():
+                layout = _split_layout(Path(data)) or {}
+                return load_text_folder(layout.get("test") or layout.get("val") or Path(data), classes=classes, min_per_class=0)
+            return load_text_table(data, classes=classes, min_per_class=0)
     if isinstance(data, (str, Path)) and Path(data).is_dir():
         layout = _split_layout(Path(data)) or {}
         folder = layout.get("test") or layout.get("val") or (None if layout else Path(data))
@@ -179,10 +226,13 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 def _build_backbone(meta: dict[str, Any], tensors: dict[str, torch.Tensor], run_dir: Path) -> Backbone:
     spec = meta["backbone"]["spec"]
-    bb = create_backbone(spec["name"], pretrained=False, **spec.get("kwargs", {}))
+    kwargs = dict(spec.get("kwargs", {}))
+    if meta.get("modality") == "text":  # architecture and tokenizer from the run folder's backbone/ files
+        kwargs["files"] = str(Path(run_dir) / "backbone")
+    bb = create_backbone(spec["name"], pretrained=False, **kwargs)
     sd = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
     bb.load_state_dict(sd)
-    bb.preprocessing = Preprocessing.from_dict(meta["backbone"]["preprocessing"])
+    bb.preprocessing = preprocessing_from_dict(meta["backbone"]["preprocessing"])
     bb.provenance = Provenance.from_dict(meta["backbone"]["provenance"])
     bb.eval()
     return bb

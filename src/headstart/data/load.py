@@ -141,6 +141,23 @@ def load_dataset(source, *, seed: int = 0, strict: bool = False, n_per_class: in
     raise DataError(f"{what}; {_accepted()}")
 
 
+def guess_modality(source, *, text_col: str | None = None) -> str:
+    """``"text"`` or ``"image"``: what ``source`` holds, judged cheaply (no file is decoded)."""
+    if isinstance(source, (LabeledDataset, Splits)):
+        return source.train.modality if isinstance(source, Splits) else source.modality
+    if not isinstance(source, (str, os.PathLike)):
+        return "image"
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return "text" if is_text_folder(path) else "image"
+    suffix = path.suffix.lower()
+    if path.is_file() and suffix in (".tsv", ".tab", ".jsonl", ".ndjson"):
+        return "text"
+    if path.is_file() and suffix == ".csv" and (text_col is not None or _looks_like_text_table(path)):
+        return "text"
+    return "image"
+
+
 def _accepted() -> str:
     types = ", ".join(sorted(_FILE_TYPES))
     sets = ", ".join(f"'{n}' or '{n}:...'" for n in sorted(_BUILTINS))

@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from .base import Head, Standardize, create_head, get_fitter, head_kinds, register_fitter, register_head, resolve_class_weight
+from .dropout_linear import DropoutLinearHead
 from .linear import LinearHead, fit_linear
 from .mlp import MLPHead, feature_loader, fit_mlp
 
@@ -39,6 +40,7 @@ def fit_head(
 
 
 __all__ = [
+    "DropoutLinearHead",
     "Head",
     "LinearHead",
     "MLPHead",
