@@ -8,7 +8,13 @@ never a loop of its own. What this adds to a plain ``Trainer.fit``:
 * freezing (``trainable="head"``): backbone ``requires_grad=False`` and its BatchNorm layers kept
   in eval mode; the caller's ``requires_grad`` flags are restored at the end;
 * the best weights by validation loss kept in memory (:class:`BestWeights`, a Lightning
-  ``Checkpoint`` that writes nothing) and restored at the end; early stopping on ``val_loss``;
+  ``Checkpoint`` that writes nothing itself; they also travel in the resume checkpoints) and
+  restored at the end; early stopping on ``val_loss``;
+* training plans of stages (:mod:`.strategies`: finetune, progressive, the default recipe) run by
+  one callback, with per-stage schedules and layer-wise learning rates;
+* resumable runs: ``last.ckpt`` written atomically after every epoch (:mod:`.checkpoint`), the
+  freeze state and optimiser groups restored exactly on resume;
+* CPU, GPU, mixed precision and DDP through the ``Trainer``'s own arguments;
 * one history row per epoch; Lightning's info logs and routine warnings silenced for this call
   only (nothing is changed at import time).
 
@@ -26,18 +32,23 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping
+from lightning.pytorch.callbacks import Callback, Checkpoint
 from torch import nn
 
+from .checkpoint import AtomicCheckpointIO, last_checkpoint
+from .freeze import num_groups, trainable_group_count
 from .module import ClassifierModule, LossTerm
+from .strategies import Stage, StageCallback
 
 log = logging.getLogger(__name__)
 
 TRAINABLE = ("all", "head")
+LOGGERS = ("csv", "tensorboard", "mlflow")
 
 # Routine Lightning messages that say nothing about the user's problem.
 _QUIET_MESSAGES = (
@@ -61,6 +72,8 @@ class TrainResult:
     ``val_loss``, ``val_acc`` (``None`` without a validation loader), ``lr`` (head learning rate at
     the epoch's end) and ``seconds``. ``best_epoch``: the epoch whose weights were restored (the
     last one without validation). ``seconds``: wall time of the whole call; ``steps``: optimiser steps.
+    Rows also carry ``stage``/``stage_name``/``unfrozen_groups`` and ``backbone_lr`` (the top layer
+    group's rate). ``global_rank``: this process's rank (0 without DDP); ``stages``: the plan run.
     """
 
     history: list[dict] = field(default_factory=list)
@@ -69,6 +82,8 @@ class TrainResult:
     seconds: float = 0.0
     steps: int = 0
     stopped_early: bool = False
+    global_rank: int = 0
+    stages: list[dict] = field(default_factory=list)
 
 
 class BestWeights(Checkpoint):
@@ -98,6 +113,10 @@ class BestWeights(Checkpoint):
             "val_loss": m.get("val_loss") if val_ran else None,
             "val_acc": m.get("val_acc") if val_ran else None,
             "lr": float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None,
+            "backbone_lr": _top_group_lr(trainer),
+            "stage": pl_module.stage.get("index"),
+            "stage_name": pl_module.stage.get("name"),
+            "unfrozen_groups": trainable_group_count(pl_module.backbone) if pl_module.backbone is not None else None,
             "seconds": time.perf_counter() - self._t0,
         }
         self.history.append(row)
@@ -109,12 +128,14 @@ class BestWeights(Checkpoint):
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss, "history": copy.deepcopy(self.history)}
+        # The best weights travel in the checkpoint: a resumed run still ends on the best epoch's weights.
+        return {"best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss, "history": copy.deepcopy(self.history), "best_state": self.best_state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_epoch = state_dict.get("best_epoch")
         self.best_val_loss = state_dict.get("best_val_loss")
         self.history = list(state_dict.get("history", []))
+        self.best_state = state_dict.get("best_state")
 
 
 @contextlib.contextmanager
@@ -155,11 +176,48 @@ def _restore_torch_globals() -> Iterator[None]:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
 
 
+def _top_group_lr(trainer: L.Trainer) -> float | None:
+    if not trainer.optimizers:
+        return None
+    groups = [g for g in trainer.optimizers[0].param_groups if g.get("layer_group", -1) >= 0]
+    return float(max(groups, key=lambda g: g["layer_group"])["lr"]) if groups else None
+
+
 def _device_of(module: nn.Module) -> torch.device:
     p = next(module.parameters(), None)
     if p is None:
         p = next(module.buffers(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+def _make_loggers(log_dir: str | os.PathLike | None, logger: str | Sequence[str] | None) -> Any:
+    """CSV always (when there is a ``log_dir``); ``tensorboard`` / ``mlflow`` on request."""
+    kinds = [logger] if isinstance(logger, str) else list(logger or [])
+    bad = [k for k in kinds if k not in LOGGERS]
+    if bad:
+        raise ValueError(f"The 'logger' parameter must be one of {set(LOGGERS)}; got {bad[0]!r}.")
+    if log_dir is None:
+        if any(k != "csv" for k in kinds):
+            raise ValueError("TensorBoard and MLflow logs need a folder: pass log_dir (fit writes them into the run folder).")
+        return False
+    from lightning.pytorch.loggers import CSVLogger
+
+    out: list[Any] = [CSVLogger(save_dir=str(log_dir), name="", version="")]
+    if "tensorboard" in kinds:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        try:
+            out.append(TensorBoardLogger(save_dir=str(log_dir), name="tensorboard", version=""))
+        except ModuleNotFoundError as e:
+            raise ModuleNotFoundError("The TensorBoard logger needs tensorboard: pip install tensorboard (or pip install 'headstart[tensorboard]').") from e
+    if "mlflow" in kinds:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        try:
+            out.append(MLFlowLogger(experiment_name="headstart", tracking_uri=Path(log_dir, "mlruns").resolve().as_uri()))
+        except ModuleNotFoundError as e:
+            raise ModuleNotFoundError("The MLflow logger needs mlflow: pip install mlflow-skinny (or pip install 'headstart[mlflow]').") from e
+    return out
 
 
 def train_classifier(
@@ -173,11 +231,25 @@ def train_classifier(
     backbone_lr: float | None = None,
     weight_decay: float = 1e-4,
     trainable: str = "all",
+    stages: Sequence[Stage] | None = None,
+    stop_on_plateau: bool = False,
+    schedule: str = "cosine",
     class_weights: Sequence[float] | torch.Tensor | None = None,
     label_smoothing: float = 0.0,
+    clip_grad: float | None = None,
+    train_bn: bool = False,
+    start_group: int = 0,
     patience: int | None = None,
     seed: int = 0,
     log_dir: str | os.PathLike | None = None,
+    logger: str | Sequence[str] | None = "csv",
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    dist: str = "auto",
+    precision: str | None = None,
+    sync_batchnorm: bool = False,
     progress: bool = False,
     max_time: float | None = None,
     extra_losses: Sequence[LossTerm] = (),
@@ -186,18 +258,29 @@ def train_classifier(
 ) -> TrainResult:
     """Train ``head`` (on ``backbone`` features, or on feature batches when ``backbone`` is None).
 
-    Loaders yield ``(inputs, labels)`` batches. ``trainable``: ``"all"`` trains backbone and head,
-    ``"head"`` freezes the backbone (weights and BatchNorm statistics). ``backbone_lr`` defaults
-    to ``lr``. ``class_weights``: ``K`` loss weights (see
-    :func:`headstart.heads.resolve_class_weight` for ``"balanced"``). ``patience``: stop after that
-    many epochs without a lower ``val_loss`` (needs ``val_loader``). ``max_time``: seconds.
-    ``log_dir``: write Lightning's ``metrics.csv`` there. ``extra_losses``/``callbacks``: loss
-    terms and Lightning callbacks of the methods built on this loop. See :mod:`.module` for the
-    loss, optimiser and schedule.
+    Loaders yield ``(inputs, labels)`` batches (``inputs`` a tensor or a dict of tensors).
+    ``trainable``: ``"all"`` trains backbone and head, ``"head"`` freezes the backbone (weights
+    and BatchNorm statistics). ``stages``: a plan from :mod:`.strategies` (finetune, progressive,
+    the default recipe); it replaces ``epochs``/``trainable``/``backbone_lr`` and runs in this one
+    ``Trainer.fit``; ``stop_on_plateau`` ends the run after a stage that did not lower the
+    validation loss. ``backbone_lr`` defaults to ``lr``. ``schedule``: ``cosine`` or
+    ``onecycle``, restarted per stage. ``class_weights``: ``K`` loss weights (see
+    :func:`headstart.heads.resolve_class_weight` for ``"balanced"``). ``clip_grad``: clip the
+    gradient norm. ``train_bn``: let frozen BatchNorm layers update their statistics.
+    ``start_group=k``: inputs are the cached activations entering layer group ``k`` (:mod:`.cache`).
+    ``patience``: end a stage (the run, for a single stage) after that many epochs without a lower
+    ``val_loss`` (needs ``val_loader``). ``max_time``: seconds. ``log_dir``: Lightning's
+    ``metrics.csv`` there, plus ``logger="tensorboard"``/``"mlflow"`` logs. ``checkpoint_dir``:
+    write ``last.ckpt`` there after every epoch (atomically); ``resume=True`` continues from it.
+    ``accelerator``/``devices``/``dist``/``precision``: Lightning's ``Trainer`` arguments
+    (``dist`` is its ``strategy``, e.g. ``"ddp"``); ``sync_batchnorm``: BatchNorm statistics over all
+    processes (plain ``BatchNorm`` layers; converted back after training).
+    ``extra_losses``/``callbacks``: loss terms and Lightning callbacks of the methods built on
+    this loop. See :mod:`.module` for the loss, optimiser and schedule.
     """
     if trainable not in TRAINABLE:
         raise ValueError(f"The 'trainable' parameter must be one of {set(TRAINABLE)}; got {trainable!r}.")
-    if int(epochs) < 1:
+    if stages is None and int(epochs) < 1:
         raise ValueError(f"epochs must be >= 1; got {epochs}.")
     if patience is not None and val_loader is None:
         raise ValueError("Early stopping ('patience') monitors the validation loss: pass a val_loader, or patience=None.")
@@ -206,50 +289,84 @@ def train_classifier(
             f"class_weights must be a sequence of per-class weights here; got {class_weights!r}. "
             "Use headstart.heads.resolve_class_weight('balanced', labels, num_classes) to compute them."
         )
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True continues from checkpoint_dir/last.ckpt: pass checkpoint_dir.")
+    n_groups = num_groups(backbone)
+    if stages is None:
+        bb_lr = backbone_lr if backbone_lr is not None else lr
+        stages = [Stage("train", int(epochs), 0 if (trainable == "head" and backbone is not None) else None, float(lr), (float(bb_lr),) * n_groups)]
+    stages = list(stages)
+    if any(s.epochs < 1 for s in stages):
+        raise ValueError(f"Every stage needs at least one epoch; got {[s.epochs for s in stages]}.")
+    if start_group and any(s.unfreeze is None or s.unfreeze > n_groups - start_group for s in stages):
+        raise ValueError(f"start_group={start_group}: a stage unfreezes layer groups below the cached boundary.")
     t_start = time.perf_counter()
     device = _device_of(head)
-    frozen_flags = None
-    if backbone is not None and trainable == "head":
-        frozen_flags = [(p, p.requires_grad) for p in backbone.parameters()]
-        backbone.requires_grad_(False)
+    saved_flags = [(p, p.requires_grad) for p in backbone.parameters()] if backbone is not None else []
 
     module = ClassifierModule(
         backbone, head, lr=lr, backbone_lr=backbone_lr, weight_decay=weight_decay,
         class_weights=class_weights, label_smoothing=label_smoothing, extra_losses=extra_losses,
+        group_lrs=[stages[0].group_lrs[i] for i in range(n_groups)] if len(stages[0].group_lrs) == n_groups else None,
+        schedule=schedule, train_bn=train_bn, start_group=start_group,
     )
+    staging = StageCallback(stages, patience=patience, stop_on_plateau=stop_on_plateau)
     best = BestWeights()
-    cbs: list[Callback] = [*callbacks, best]
-    early = EarlyStopping(monitor="val_loss", mode="min", patience=int(patience)) if patience is not None else None
-    if early is not None:
-        cbs.append(early)
-    logger: Any = False
-    if log_dir is not None:
-        from lightning.pytorch.loggers import CSVLogger
+    cbs: list[Callback] = [*callbacks, staging, best]
+    ckpt_path = None
+    if checkpoint_dir is not None:
+        from lightning.pytorch.callbacks import ModelCheckpoint
 
-        logger = CSVLogger(save_dir=str(log_dir), name="", version="")
+        cbs.append(ModelCheckpoint(dirpath=str(checkpoint_dir), filename="epoch{epoch}", save_top_k=0, save_last=True,
+                                   every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False))
+        if resume:
+            ckpt_path = last_checkpoint(checkpoint_dir)
+            if ckpt_path is None:
+                log.info("no checkpoint in %s yet: starting from the beginning", checkpoint_dir)
+    loggers = _make_loggers(log_dir, logger)
+    if ckpt_path is not None:
+        log.info("resuming from %s", ckpt_path)
 
     try:
         with quiet_lightning(quiet), _restore_torch_globals():
             L.seed_everything(seed, workers=True, verbose=False)
             trainer = L.Trainer(
-                accelerator="auto", devices=1, max_epochs=int(epochs),
+                accelerator=accelerator, devices=devices, strategy=dist or "auto", precision=precision,
+                max_epochs=sum(s.epochs for s in stages),
                 max_time=datetime.timedelta(seconds=float(max_time)) if max_time is not None else None,
-                deterministic="warn", logger=logger, callbacks=cbs, enable_checkpointing=True,
+                deterministic="warn", logger=loggers, callbacks=cbs, enable_checkpointing=True,
                 enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+                gradient_clip_val=clip_grad, sync_batchnorm=bool(sync_batchnorm),
                 default_root_dir=str(log_dir) if log_dir is not None else None,
+                plugins=[AtomicCheckpointIO()],
             )
             module.train()  # Lightning keeps the modes it is given; frozen BatchNorm stays in eval
-            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
+                        ckpt_path=str(ckpt_path) if ckpt_path is not None else None, weights_only=True)
     finally:
-        if frozen_flags is not None:
-            for p, flag in frozen_flags:
-                p.requires_grad_(flag)
+        for p, flag in saved_flags:
+            p.requires_grad_(flag)
 
     if best.best_state is not None:
-        module.load_state_dict(best.best_state)
+        sd = {k: v.to(device) for k, v in best.best_state.items()}
+        module.load_state_dict(sd)
+    if sync_batchnorm:
+        _undo_sync_batchnorm(module)
     module.to(device).eval()
-    stopped = early is not None and early.stopped_epoch > 0
     return TrainResult(
         history=best.history, best_epoch=best.best_epoch, best_val_loss=best.best_val_loss,
-        seconds=time.perf_counter() - t_start, steps=int(trainer.global_step), stopped_early=bool(stopped),
+        seconds=time.perf_counter() - t_start, steps=int(trainer.global_step), stopped_early=bool(staging.stopped_early),
+        global_rank=int(trainer.global_rank), stages=[s.to_dict() for s in stages],
     )
+
+
+def _undo_sync_batchnorm(module: nn.Module) -> None:
+    """Lightning converts BatchNorm to SyncBatchNorm in place for DDP; convert back so the model saves and runs alone."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, torch.nn.SyncBatchNorm):
+            bn = torch.nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            bn.load_state_dict(child.state_dict())
+            bn.train(child.training)
+            setattr(module, name, bn)
+        else:
+            _undo_sync_batchnorm(child)

@@ -16,17 +16,22 @@ LwF, distillation) plug in: each is a callable or ``nn.Module`` with
 ``nn.Module`` terms are registered as submodules so their parameters are optimised too.
 
 Optimiser: AdamW, weight decay on weights only (biases and norm parameters, i.e. 1-D tensors, get
-none), backbone parameters at ``backbone_lr`` (default ``lr``). Schedule, per step :math:`s` of
-:math:`S` with :math:`W` warm-up steps: :math:`\eta_s = \eta \cdot (s+1)/W` for :math:`s < W`, then
-:math:`\eta_s = \eta \cdot \tfrac12 (1 + \cos(\pi (s - W) / (S - W)))`.
+none); one (decay, no-decay) pair of parameter groups for the head and one per backbone layer
+group, so each layer group can have its own learning rate (``group_lrs``, layer-wise decay; see
+:mod:`.freeze`); backbone parameters default to ``backbone_lr`` (default ``lr``). Schedule: warm-up
++ cosine or one-cycle per training stage (:mod:`.schedule`), stepped every optimiser step.
 
 Frozen BatchNorm: a BatchNorm layer whose affine parameters all have ``requires_grad=False`` is
-kept in eval mode whenever the module is put in train mode, so its running statistics do not move.
+kept in eval mode whenever the module is put in train mode, so its running statistics do not move
+(``train_bn=True`` lets them update). The freeze state (``requires_grad`` per parameter) is saved in
+every checkpoint and restored on load, before training resumes.
+
+``start_group=k`` makes the module take the activations entering layer group ``k`` as input
+(``backbone.forward_from(k, h)``): the activation cache of a frozen prefix (:mod:`.cache`).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Sequence
 
 import lightning as L
@@ -35,21 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .freeze import freeze_state, group_index_of_params, load_freeze_state
+from .schedule import StageLR, multiplier, warmup_cosine
+
 LossTerm = Callable[["ClassifierModule", Any, dict], torch.Tensor]
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """The learning-rate multiplier of step ``s``: linear warm-up to 1, then cosine decay to 0."""
-    total_steps = max(1, int(total_steps))
-    warmup_steps = max(0, min(int(warmup_steps), total_steps - 1))
-
-    def mult(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return mult
+__all__ = ["ClassifierModule", "LossTerm", "keep_frozen_batchnorm_eval", "warmup_cosine", "multiplier"]
 
 
 def keep_frozen_batchnorm_eval(module: nn.Module) -> None:
@@ -81,6 +76,10 @@ class ClassifierModule(L.LightningModule):
         label_smoothing: float = 0.0,
         warmup_fraction: float = 0.05,
         extra_losses: Sequence[LossTerm] = (),
+        group_lrs: Sequence[float] | None = None,
+        schedule: str = "cosine",
+        train_bn: bool = False,
+        start_group: int = 0,
     ):
         super().__init__()
         if lr <= 0 or (backbone_lr is not None and backbone_lr < 0):
@@ -94,6 +93,12 @@ class ClassifierModule(L.LightningModule):
         self.weight_decay = float(weight_decay)
         self.label_smoothing = float(label_smoothing)
         self.warmup_fraction = float(warmup_fraction)
+        multiplier(schedule, 1, warmup_fraction)  # validates the schedule's name
+        self.schedule = schedule
+        self.group_lrs = [float(v) for v in group_lrs] if group_lrs is not None else None
+        self.train_bn = bool(train_bn)
+        self.start_group = int(start_group)
+        self.stage: dict[str, Any] = {}
         self.extra_losses: list[LossTerm] = list(extra_losses)
         self.loss_modules = nn.ModuleList([t for t in self.extra_losses if isinstance(t, nn.Module)])
         cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32).reshape(-1)
@@ -109,10 +114,11 @@ class ClassifierModule(L.LightningModule):
         """Pooled features ``(B, D)``: the backbone's output, or ``x`` itself without a backbone."""
         if self.backbone is None:
             return x
+        run = self.backbone if self.start_group == 0 else (lambda h: self.backbone.forward_from(self.start_group, h))
         if self.backbone_frozen():
             with torch.no_grad():  # nothing to backpropagate into: save the graph's memory and time
-                return self.backbone(x)
-        return self.backbone(x)
+                return run(x)
+        return run(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -125,13 +131,25 @@ class ClassifierModule(L.LightningModule):
     # ------------------------------------------------------------------ train mode and frozen BN
     def train(self, mode: bool = True) -> "ClassifierModule":
         super().train(mode)
-        if mode:
+        if mode and not self.train_bn:
             keep_frozen_batchnorm_eval(self)
         return self
 
     def on_train_epoch_start(self) -> None:
-        keep_frozen_batchnorm_eval(self)
+        if not self.train_bn:
+            keep_frozen_batchnorm_eval(self)
         self._reset("train")
+
+    # ------------------------------------------------------------------ checkpoints keep the freeze state
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["headstart"] = {"requires_grad": freeze_state(self), "stage": dict(self.stage)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("headstart")
+        if saved:
+            load_freeze_state(self, saved["requires_grad"])
+            self.stage = dict(saved.get("stage", {}))
+            self.train(self.training)  # frozen BatchNorm back to eval at once
 
     # ------------------------------------------------------------------ steps
     def _accumulate(self, stage: str, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
@@ -146,6 +164,8 @@ class ClassifierModule(L.LightningModule):
         s = self._sums.pop(stage, None)
         if s is None:
             return
+        if self._trainer is not None and self.trainer.world_size > 1:
+            s = self.trainer.strategy.reduce(s, reduce_op="sum")  # exact global means under DDP
         loss_sum, correct, n = s.tolist()
         metrics = {f"{stage}_loss": loss_sum / max(n, 1.0), f"{stage}_acc": correct / max(n, 1.0)}
         self.epoch_metrics.update(metrics)
@@ -180,26 +200,40 @@ class ClassifierModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimiser
     def param_groups(self) -> list[dict]:
-        """AdamW groups: (head + loss modules | backbone) x (decayed weights | 1-D params without decay).
+        """AdamW groups: (head + loss modules | each backbone layer group) x (decayed weights | 1-D params).
 
-        Frozen backbone parameters are included: AdamW skips tensors without gradients, and a
-        strategy that unfreezes them later finds them already in the optimiser.
+        Every group carries ``layer_group`` (-1 for the head, else the layer-group index) so that a
+        stage can set its learning rate. Frozen backbone parameters are included: AdamW skips
+        tensors without gradients, and a stage that unfreezes them finds them already in the
+        optimiser (the groups never change, so optimiser states always load back).
         """
-        groups = []
-        parts = [("head", [*self.head.parameters(), *self.loss_modules.parameters()], self.lr)]
+        parts: list[tuple[str, int, list, float]] = [("head", -1, [*self.head.parameters(), *self.loss_modules.parameters()], self.lr)]
         if self.backbone is not None:
-            parts.append(("backbone", list(self.backbone.parameters()), self.backbone_lr if self.backbone_lr is not None else self.lr))
-        for name, params, lr in parts:
+            default = self.backbone_lr if self.backbone_lr is not None else self.lr
+            gidx = group_index_of_params(self.backbone) if hasattr(self.backbone, "layer_groups") else {}
+            n = max(gidx.values(), default=-1) + 1
+            if self.group_lrs is not None and len(self.group_lrs) != n:
+                raise ValueError(f"group_lrs has {len(self.group_lrs)} rates but the backbone has {n} layer groups.")
+            buckets: dict[int, list] = {i: [] for i in range(n)}
+            other = []
+            for p in self.backbone.parameters():
+                (buckets[gidx[id(p)]] if id(p) in gidx else other).append(p)
+            for i in range(n):
+                parts.append((f"group{i}", i, buckets[i], self.group_lrs[i] if self.group_lrs is not None else default))
+            if other:
+                parts.append(("backbone", n, other, default))
+        groups = []
+        for name, gi, params, lr in parts:
             decay = [p for p in params if p.ndim > 1]
             no_decay = [p for p in params if p.ndim <= 1]
             if decay:
-                groups.append({"name": name, "params": decay, "lr": lr, "weight_decay": self.weight_decay})
+                groups.append({"name": name, "layer_group": gi, "params": decay, "lr": lr, "weight_decay": self.weight_decay})
             if no_decay:
-                groups.append({"name": f"{name}_no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0})
+                groups.append({"name": f"{name}_no_decay", "layer_group": gi, "params": no_decay, "lr": lr, "weight_decay": 0.0})
         return groups
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.AdamW(self.param_groups(), lr=self.lr)
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, round(self.warmup_fraction * total)))
+        sched = StageLR(opt, total_steps=total, kind=self.schedule, warmup_fraction=self.warmup_fraction)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
