@@ -258,13 +258,15 @@ def rank(
     batch_size: int = typer.Option(64),
     no_cache: bool = typer.Option(False, help="Do not read or write the feature cache."),
     runtime: str = typer.Option("auto", help="Feature extraction runtime: auto | openvino | onnx | torch."),
+    text_col: Optional[str] = typer.Option(None, help="Text column of a CSV/TSV/JSONL table (auto-detected by default)."),
+    label_col: Optional[str] = typer.Option(None, help="Label column of a table (auto-detected by default)."),
 ) -> None:
     """Rank backbones for a dataset by transferability scores (LogME, H-score, LEEP, NCE): seconds, no training."""
     from .select import rank_backbones
 
     ranking = rank_backbones(
         data, backbones=backbones, score=score, validate=validate, folds=folds, val=val, test=test, seed=seed,
-        batch_size=batch_size, runtime=runtime, cache=not no_cache, progress=True,
+        batch_size=batch_size, runtime=runtime, cache=not no_cache, progress=True, text_col=text_col, label_col=label_col,
     )
     _print_ranking(ranking)
     if out is not None:

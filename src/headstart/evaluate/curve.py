@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import HeadstartError
 
-log = logging.getLogger("headstart")
+log = logging.getLogger("headstart.curve")
 
 METHODS = ("linear", "finetune", "scratch")
 
@@ -118,6 +118,7 @@ def transfer_curve(
     epochs: int = 10,
     scratch_epochs: int | None = None,
     lr: float = 1e-3,
+    scratch_lr: float | None = None,
     batch_size: int = 32,
     val: float = 0.15,
     test: float = 0.15,
@@ -130,7 +131,8 @@ def transfer_curve(
     """Fit every method at every fraction and seed; write the results into ``out`` (see the module doc).
 
     Returns ``{"rows": [...], "summary": {...}, "out": Path}``. ``scratch_epochs`` defaults to
-    ``epochs`` (a network from scratch often needs more; give it the budget you mean to compare).
+    ``epochs`` and ``scratch_lr`` to ``lr`` (a network from scratch often wants more epochs and a
+    higher learning rate than fine-tuning; give it the budget you mean to compare).
     """
     from ..data import Splits, load_splits
     from ..fitting import fit
@@ -158,8 +160,9 @@ def transfer_curve(
                 bb = settings["scratch_backbone" if method == "scratch" else "backbone"]
                 strategy = "linear" if method == "linear" else "finetune"
                 n_epochs = (scratch_epochs or epochs) if method == "scratch" else epochs
+                m_lr = (scratch_lr or lr) if method == "scratch" else lr
                 t, c = time.perf_counter(), _cpu_seconds()
-                model = fit(sub, backbone=bb, strategy=strategy, seed=seed, epochs=n_epochs, lr=lr, batch_size=batch_size,
+                model = fit(sub, backbone=bb, strategy=strategy, seed=seed, epochs=n_epochs, lr=m_lr, batch_size=batch_size,
                             runtime=runtime, cache=cache, save=False)
                 seconds, cpu = time.perf_counter() - t, _cpu_seconds() - c
                 m = model.metrics["test"]
@@ -172,7 +175,7 @@ def transfer_curve(
 
     summary = {
         "data": str(data) if isinstance(data, (str, Path)) else splits.train.source, "backbone": backbone, "scratch_backbone": scratch_backbone,
-        "fractions": fr, "seeds": seeds, "epochs": epochs, "scratch_epochs": scratch_epochs or epochs, "lr": lr, "n_test": len(splits.test),
+        "fractions": fr, "seeds": seeds, "epochs": epochs, "scratch_epochs": scratch_epochs or epochs, "lr": lr, "scratch_lr": scratch_lr or lr, "n_test": len(splits.test),
         "n_train_full": len(splits.train), "target_accuracy": target_acc, "torch_threads": torch.get_num_threads(),
         "compute_note": "Compute is CPU seconds of the process and its finished children (user + system, all threads; os.times) and wall seconds. "
                         "'Seconds per fit there' is the mean wall time of one fit at the smallest fraction whose mean accuracy reaches the target.",
