@@ -66,10 +66,10 @@ def backbones(modality: Optional[str] = typer.Option(None, help="Only 'image' or
 
 @app.command()
 def fit(
-    data: str = typer.Argument(..., help="Image folder (root/<class>/*, optional train/val/test), CSV manifest, .npz, 'shapes:<names>'; or texts: a CSV/TSV/JSONL table or a folder of .txt files per class."),
+    data: Optional[str] = typer.Argument(None, help="Image folder (root/<class>/*, optional train/val/test), CSV manifest, .npz, 'shapes:<names>'; or texts: a CSV/TSV/JSONL table or a folder of .txt files per class. Not needed with --resume."),
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Backbone name (see 'headstart backbones'; default efficientnet_lite0 for images, minilm_l6 for texts), timm:<name>, hf:<name|folder>, run:<folder>, or 'auto' (the top LogME of --candidates)."),
     candidates: Optional[str] = typer.Option(None, help="With --backbone auto: comma-separated backbones to rank (default efficientnet_lite0,efficientnet_lite1,efficientnet_lite2)."),
-    strategy: str = typer.Option("linear", "--strategy", "-s", help="linear | finetune"),
+    strategy: str = typer.Option("linear", "--strategy", "-s", help="Transfer strategy: linear (frozen backbone, cached features) | finetune (default recipe: head warm-up, then all layer groups with layer-wise decayed LRs; or --unfreeze N) | progressive (unfreeze one layer group per stage from the top; --epochs per stage) | auto (linear probe first; linear or progressive, and says why)."),
     head: str = typer.Option("logreg", help="logreg | mlp"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<backbone>-<strategy>-<time>)."),
     weights: Optional[str] = typer.Option(None, help="Local weights file or folder for the backbone."),
@@ -86,16 +86,47 @@ def fit(
     overwrite: bool = typer.Option(False, help="Overwrite an existing run folder given with --out."),
     text_col: Optional[str] = typer.Option(None, "--text-col", help="Text column of a CSV/TSV/JSONL table (default: text, sentence, review, ...)."),
     label_col: Optional[str] = typer.Option(None, "--label-col", help="Label column of a table (default: label, class, target, ...)."),
+    unfreeze: Optional[str] = typer.Option(None, help="finetune: train the last N layer groups (or 'all') from the start instead of the default recipe; progressive: the deepest stage (default all)."),
+    backbone_lr: Optional[float] = typer.Option(None, "--backbone-lr", help="Learning rate of the top layer group (default lr/10; lower groups decay by --lr-decay)."),
+    lr_decay: float = typer.Option(0.7, "--lr-decay", help="Layer-wise learning-rate decay per group from the top (discriminative LRs)."),
+    freeze_epochs: int = typer.Option(1, "--freeze-epochs", help="Head warm-up epochs of the default finetune recipe."),
+    augment: str = typer.Option("none", help="Training augmentation: none | light (random resized crop, flip) | strong (+ rotation, colour jitter)."),
+    schedule: str = typer.Option("cosine", help="Learning-rate schedule per stage: cosine (with warm-up) | onecycle."),
+    label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing epsilon in [0, 1)."),
+    clip_grad: Optional[float] = typer.Option(None, "--clip-grad", help="Clip the gradient norm to this value."),
+    patience: int = typer.Option(5, help="Epochs without a lower validation loss before a stage (or the run) stops."),
+    no_activation_cache: bool = typer.Option(False, "--no-activation-cache", help="Run the frozen lower layer groups every step instead of caching their activations once."),
+    logger: str = typer.Option("csv", help="Training logs in the run folder: csv (always written) | tensorboard | mlflow."),
+    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto | cpu | gpu."),
+    devices: str = typer.Option("1", help="Number of devices (processes) per machine, or 'auto'."),
+    dist: str = typer.Option("auto", "--dist", help="Lightning's distributed strategy (not the transfer --strategy): auto | ddp | ddp_spawn | fsdp. 'ddp' with --devices N (torchrun/SLURM launch work too); on CPU it uses gloo."),
+    precision: Optional[str] = typer.Option(None, help="Lightning precision: 32-true (default) | bf16-mixed | 16-mixed (GPU)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the killed run in this folder from its last checkpoint, with its own settings."),
 ) -> None:
     """Train a classifier by transfer learning and write a run folder."""
     from .fitting import fit as fit_fn
 
+    if data is None and resume is None:
+        raise HeadstartError("Give the DATA to train on (or --resume RUN to continue a killed run).")
     model = fit_fn(
         data, backbone=backbone, candidates=candidates, strategy=strategy, head=head, out=out, weights=weights, val=val, test=test, seed=seed,
         epochs=epochs, lr=lr, batch_size=batch_size, class_weights=class_weights, strict=strict, cache=not no_cache,
         runtime=runtime, progress=True, overwrite=overwrite, text_col=text_col, label_col=label_col,
+        unfreeze=(unfreeze if unfreeze in (None, "all") else _int_option("--unfreeze", unfreeze)), backbone_lr=backbone_lr,
+        lr_decay=lr_decay, freeze_epochs=freeze_epochs, augment=augment, schedule=schedule, label_smoothing=label_smoothing,
+        clip_grad=clip_grad, patience=patience, activation_cache=not no_activation_cache, logger=logger, accelerator=accelerator,
+        devices=devices if devices == "auto" else _int_option("--devices", devices), dist=dist, precision=precision, resume=resume,
     )
+    if not getattr(model, "metrics", None):
+        return  # a DDP worker process: rank 0 prints the summary
     _print_fit_summary(model)
+
+
+def _int_option(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise HeadstartError(f"{name} takes a whole number (or 'all'/'auto'); got {value!r}.") from None
 
 
 def _print_fit_summary(model) -> None:
@@ -220,6 +251,7 @@ def curve(
     test: float = typer.Option(0.15, help="Test fraction when the data has no test/ folder (fixed, never subsampled)."),
     n_per_class: int = typer.Option(200, help="Images per class of built-in sets (shapes)."),
     cache: bool = typer.Option(False, help="Reuse cached features (faster linear probes, but their timings then omit extraction)."),
+    runtime: str = typer.Option("auto", help="Feature extraction runtime: auto | openvino | onnx | torch."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default runs/curve-<time>); may be a run folder."),
 ) -> None:
     """Accuracy vs labels per class: linear probe and fine-tuning of a pretrained backbone vs training from scratch."""
@@ -232,7 +264,7 @@ def curve(
         data, backbone=backbone, fractions=fractions, seeds=seeds, scratch_backbone=scratch_backbone,
         methods=[m.strip() for m in methods.split(",") if m.strip()], target_acc=target_acc, epochs=epochs,
         scratch_epochs=scratch_epochs, lr=lr, scratch_lr=scratch_lr, batch_size=batch_size, val=val, test=test,
-        n_per_class=n_per_class, cache=cache, out=out,
+        n_per_class=n_per_class, runtime=runtime, cache=cache, out=out,
     )
     table = summarize_curve(res["rows"])
     ms = list(res["summary"]["methods"])

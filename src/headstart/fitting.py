@@ -1,8 +1,11 @@
 """``headstart.fit``: from a labeled dataset to a trained classifier and its run folder.
 
 Strategies: ``linear`` (frozen backbone, features extracted once through the fastest runtime and
-cached, a head fit on them in seconds) and ``finetune`` (backbone and head trained together in the
-one training loop; with random-init backbones this is training from scratch).
+cached, a head fit on them in seconds); ``finetune`` (backbone and head trained together in the one
+training loop; by default the fastai-style recipe, or the last ``unfreeze`` layer groups; with
+random-init backbones this is training from scratch); ``progressive`` (gradual unfreezing from the
+top, one stage per layer group); ``auto`` (linear or progressive, from the data size and the linear
+probe's validation score). The plans live in :mod:`headstart.train.recipes`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from .errors import HeadstartError
 
 log = logging.getLogger("headstart")
 
-STRATEGIES = ("linear", "finetune")
+STRATEGIES = ("linear", "finetune", "progressive", "auto")
+LOOP_STRATEGIES = ("finetune", "progressive")
 HEADS = ("logreg", "mlp")
 
 
@@ -63,6 +67,20 @@ def fit(
     text_col: str | None = None,
     label_col: str | None = None,
     backbone_lr: float | None = None,
+    unfreeze: int | str | None = None,
+    augment: str = "none",
+    schedule: str = "cosine",
+    label_smoothing: float = 0.0,
+    clip_grad: float | None = None,
+    activation_cache: bool = True,
+    freeze_epochs: int = 1,
+    lr_decay: float = 0.7,
+    logger: str = "csv",
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    dist: str = "auto",
+    precision: str | None = None,
+    resume: str | Path | None = None,
 ):
     """Train a classifier on ``data`` by transfer from ``backbone``; write the run folder; return the Model.
 
@@ -74,7 +92,31 @@ def fit(
 
     ``data``: a folder (``root/<class>/*``, with optional train/val/test subfolders), a CSV manifest
     (``path,label``), an ``.npz`` of arrays, ``"shapes:<names>"``, or a LabeledDataset/Splits.
+
+    ``strategy`` (images):
+
+    * ``"linear"`` (default): features extracted once and cached, a head fit on them.
+    * ``"finetune"``: **by default (``unfreeze=None``) the fastai-style recipe**: ``freeze_epochs``
+      epochs of head warm-up on the frozen backbone, then every layer group unfrozen for ``epochs``
+      epochs at half the rate, with discriminative rates (top group at ``backbone_lr``, default
+      ``lr/10``, each group below ``lr_decay`` times the one above). ``unfreeze=N`` trains the last
+      ``N`` layer groups (``"all"``: every group) and the head from the start, for ``epochs``.
+    * ``"progressive"``: the head, then one more layer group from the top per stage (up to
+      ``unfreeze`` groups; all by default), each stage at most ``epochs`` epochs at a lower rate;
+      stops when a stage does not lower the validation loss; the best weights are kept.
+    * ``"auto"``: a linear probe first; keeps it for tiny data or a near-perfect probe, else runs
+      ``progressive``; the choice and its reason go into ``config.yaml`` and ``metrics.json``.
+
+    Loop options: ``augment`` (``none``/``light``/``strong``), ``schedule`` (``cosine``/``onecycle``),
+    ``label_smoothing``, ``clip_grad``, ``patience`` (epochs without a lower validation loss before a
+    stage ends), ``activation_cache`` (when the lower groups stay frozen and augmentation is off,
+    run them once and train only the top), ``logger`` (``csv``, plus ``tensorboard``/``mlflow``),
+    ``accelerator``/``devices``/``dist`` (Lightning's strategy, e.g. ``"ddp"``)/``precision``.
+    Loop strategies create the run folder at the start (``config.yaml`` first) and checkpoint every
+    epoch into ``RUN/checkpoints``; ``resume=RUN`` continues a killed run with its own settings.
     """
+    if resume is not None:
+        return _resume(resume, progress=progress)
     from .backbones import create_backbone
     from .data import load_splits
     from .evaluate.metrics import classification_metrics
@@ -90,6 +132,7 @@ def fit(
         raise HeadstartError(f"The 'epochs' parameter must be at least 1; got {epochs!r}.")
     if save:
         check_run_dir(out, overwrite=overwrite)  # before the work, not after it
+    resume_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items() if k in _RESUME_KEYS}
     # backbone="auto": rank the candidates by LogME on the training split, fit the top one (select/).
     from .select.rank import resolve_backbone
 
@@ -97,11 +140,11 @@ def fit(
         from .data.load import guess_modality
 
         backbone = "minilm_l6" if guess_modality(data, text_col=text_col) == "text" else "efficientnet_lite0"
-    backbone, ranking = resolve_backbone(data, backbone, candidates, weights=weights, val=val, test=test, seed=seed, strict=strict, batch_size=batch_size, runtime=runtime, cache=cache, progress=progress)
+    backbone, ranking = resolve_backbone(data, backbone, candidates, weights=weights, val=val, test=test, seed=seed, strict=strict, text_col=text_col, label_col=label_col, batch_size=batch_size, runtime=runtime, cache=cache, progress=progress)
 
     t0 = time.perf_counter()
     splits = load_splits(data, val=val, test=test, seed=seed, strict=strict, text_col=text_col, label_col=label_col)
-    bb = create_backbone(backbone, weights=weights)
+    bb = ranking.best_backbone if ranking is not None else create_backbone(backbone, weights=weights)  # the instance scored (random-init too)
     if (splits.train.modality == "text") != hasattr(bb, "tokenize"):
         kind = "text" if splits.train.modality == "text" else "image"
         raise HeadstartError(
@@ -111,20 +154,52 @@ def fit(
     classes = splits.classes
     cw = _class_weights(splits.train.labels, len(classes)) if class_weights == "balanced" else None
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
+    secondary = _secondary_rank()  # a DDP worker process: trains, writes nothing
+    save = save and not secondary
+    run_dir = None
+    loop_info: dict[str, Any] = {}
+    auto_choice = None
+    if strategy == "auto":
+        auto_choice = _auto(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience)
+        log.info("auto chose %s because %s", auto_choice["strategy"], auto_choice["reason"])
+    trained = auto_choice["strategy"] if auto_choice is not None else strategy
+    if splits.train.modality == "text" and trained == "progressive":
+        if auto_choice is None:
+            raise HeadstartError("strategy 'progressive' is for image backbones; for texts use --strategy finetune (it unfreezes the encoder from the top).")
+        trained = auto_choice["strategy"] = "finetune"
+    if save and trained in LOOP_STRATEGIES and splits.train.modality != "text":
+        # A resumable run: its folder and config.yaml exist before the first epoch.
+        run_dir = new_run_dir(out, name=f"{backbone.replace(':', '_').replace('/', '_')}-{strategy}", overwrite=overwrite)
+        out = run_dir
+        write_config(run_dir, {"status": "training", "resume_args": resume_args})
 
-    if strategy == "finetune" and splits.train.modality == "text":
+    if trained == "finetune" and splits.train.modality == "text":
         from .text_finetune import fit_text_finetune
 
         head_mod, history = fit_text_finetune(
             bb, splits, seed=seed, class_weights=cw, batch_size=batch_size, epochs=epochs, lr=lr, backbone_lr=backbone_lr,
             patience=patience, progress=progress, dropout=None, timings=timings, runtime=runtime, cache=cache,
         )
-    elif strategy == "linear":
-        head_mod, history = _fit_linear(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience)
+    elif auto_choice is not None and trained == "linear":
+        head_mod, history = auto_choice.pop("probe")
+    elif trained in LOOP_STRATEGIES:
+        from .train.recipes import fit_in_loop
+
+        head_mod, history, loop_info = fit_in_loop(
+            bb, splits, strategy=trained, head=head, seed=seed, class_weights=cw, batch_size=batch_size, epochs=epochs, lr=lr,
+            patience=patience, progress=progress, hidden=hidden, dropout=dropout, timings=timings, unfreeze=unfreeze,
+            backbone_lr=backbone_lr, lr_decay=lr_decay, freeze_epochs=freeze_epochs, augment=augment, schedule=schedule,
+            label_smoothing=label_smoothing, clip_grad=clip_grad, activation_cache=activation_cache, run_dir=run_dir,
+            resume=_resuming(run_dir), logger=logger, accelerator=accelerator, devices=devices, dist=dist, precision=precision,
+        )
     else:
-        head_mod, history = _fit_finetune(bb, splits, head, seed, cw, batch_size, epochs, lr, patience, progress, hidden, dropout, timings)
+        head_mod, history = _fit_linear(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience)
 
     model = Model(bb, head_mod, classes, modality=splits.train.modality)
+    if secondary:
+        return model
+    if auto_choice is not None:
+        auto_choice.pop("probe", None)
     config = {
         "data": str(data) if not hasattr(data, "classes") else splits.train.source,
         "backbone": backbone,
@@ -147,19 +222,35 @@ def fit(
         "backbone_lr": backbone_lr,
         "cache": cache,
         "runtime": runtime,
+        "unfreeze": unfreeze,
+        "augment": augment,
+        "schedule": schedule,
+        "label_smoothing": label_smoothing,
+        "clip_grad": clip_grad,
+        "activation_cache": activation_cache,
+        "freeze_epochs": freeze_epochs,
+        "lr_decay": lr_decay,
+        "logger": logger,
+        "accelerator": accelerator,
+        "devices": devices,
+        "dist": dist,
+        "precision": precision,
+        "auto": auto_choice,
+        "training": loop_info or None,
+        "resume_args": resume_args,
         "classes": classes,
         "split_sizes": {k: sum(v.values()) for k, v in splits.summary().items()},
         "versions": _versions(),
     }
     model.info = {"strategy": strategy, "head": head, "backbone": backbone, "trained_on": splits.train.source}
-    metrics: dict[str, Any] = {"classes": classes, "counts": splits.summary(), "problems": [str(p) for ds in (splits.train, splits.val, splits.test) if ds is not None for p in ds.problems]}
+    metrics: dict[str, Any] = {"strategy": trained, **({"auto": auto_choice} if auto_choice else {}), "classes": classes, "counts": splits.summary(), "problems": [str(p) for ds in (splits.train, splits.val, splits.test) if ds is not None for p in ds.problems]}
     if ranking is not None:  # why this backbone; the report renders metrics["backbone_ranking"]
         config["backbone_selection"] = {"requested": "auto", "candidates": [r.backbone for r in ranking.rows], "score": ranking.score_name}
         metrics["backbone_ranking"] = ranking.to_dicts()
     eval_ds = splits.test if splits.test is not None and len(splits.test) else splits.val
     if eval_ds is not None and len(eval_ds):
         t = time.perf_counter()
-        proba = model.predict_proba(eval_ds, batch_size=batch_size, runtime=runtime, cache=cache and strategy == "linear")
+        proba = model.predict_proba(eval_ds, batch_size=batch_size, runtime=runtime, cache=cache and trained == "linear")
         timings["predict"] = time.perf_counter() - t
         split_name = "test" if eval_ds is splits.test else "val"
         metrics[split_name] = classification_metrics(eval_ds.labels, proba, classes)
@@ -174,6 +265,7 @@ def fit(
         write_config(run_dir, config)
         write_history(run_dir, history)
         write_metrics(run_dir, metrics)
+        _drop_training_state(run_dir)
         if proba is not None:
             write_predictions(run_dir, [eval_ds.item_name(i) for i in range(len(eval_ds))], eval_ds.labels, proba, classes, split_name)
         log.info("run written to %s", run_dir)
@@ -181,6 +273,79 @@ def fit(
 
         report_after_fit(run_dir, model, eval_ds if proba is not None else None)
     return model
+
+
+_RESUME_KEYS = (
+    "data", "backbone", "candidates", "strategy", "head", "weights", "val", "test", "seed", "epochs", "lr", "batch_size", "hidden",
+    "dropout", "class_weights", "patience", "strict", "cache", "runtime", "text_col", "label_col", "backbone_lr", "unfreeze",
+    "augment", "schedule", "label_smoothing", "clip_grad", "activation_cache", "freeze_epochs", "lr_decay", "logger",
+    "accelerator", "devices", "dist", "precision",
+)
+
+
+def _resume(run: str | Path, *, progress: bool):
+    """Continue the killed run in folder ``run`` from ``run/checkpoints/last.ckpt`` with its own settings."""
+    import yaml
+
+    from .errors import RunFolderError
+
+    run = Path(run)
+    cfg_path = run / "config.yaml"
+    if (run / "model.json").exists():
+        raise RunFolderError(f"{str(run)!r} holds a finished run: there is nothing to resume. Start a new run with --out.")
+    if not cfg_path.is_file():
+        raise RunFolderError(f"{str(run)!r} has no config.yaml: it is not a run folder written by 'headstart fit' (check the path).")
+    args = (yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}).get("resume_args")
+    if not isinstance(args, dict) or "data" not in args:
+        raise RunFolderError(f"{str(cfg_path)!r} does not record the settings of the run; it cannot be resumed.")
+    if not isinstance(args["data"], str):
+        raise RunFolderError(f"{str(run)!r} was trained on in-memory data; resume it from Python with the same data.")
+    log.info("resuming %s", run)
+    return fit(**args, out=run, progress=progress, overwrite=False)
+
+
+def _resuming(run_dir: Path | None) -> bool:
+    return run_dir is not None and (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def _drop_training_state(run_dir: Path) -> None:
+    """A finished run keeps no checkpoints or activation files (the model is model.safetensors + model.json)."""
+    import shutil
+
+    for name in ("checkpoints", "activations"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
+def _secondary_rank() -> bool:
+    """True in the worker processes of a multi-process run (Lightning/torchrun set RANK or LOCAL_RANK)."""
+    import os
+
+    return any(int(os.environ.get(v, "0") or 0) > 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def _auto(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience) -> dict[str, Any]:
+    """Fit the linear probe, then choose: ``{"strategy", "reason", "probe_val_acc", "probe": (head, history)}``."""
+    from .train.freeze import num_groups
+    from .train.recipes import choose_auto
+
+    probe = _fit_linear(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience)
+    acc = None
+    if splits.val is not None and len(splits.val):
+        from .features import extract_features
+
+        x_val = extract_features(bb, splits.val, batch_size=batch_size, runtime=runtime, cache=cache, progress=False)
+        acc = _head_acc(probe[0], x_val, splits.val.labels)
+    per_class = int(np.bincount(splits.train.labels, minlength=len(splits.classes)).min())
+    strategy, reason = choose_auto(per_class, acc, num_groups(bb))
+    return {"strategy": strategy, "reason": reason, "probe_val_acc": acc, "min_train_per_class": per_class, "probe": probe}
+
+
+def _head_acc(head_mod, x, y) -> float:
+    import torch
+
+    with torch.no_grad():
+        logits = head_mod.eval()(torch.as_tensor(np.asarray(x), dtype=torch.float32))
+    return float((logits.argmax(1).numpy() == np.asarray(y)).mean())
 
 
 def _class_weights(labels: np.ndarray, k: int) -> np.ndarray:
@@ -205,33 +370,6 @@ def _fit_linear(bb, splits, head, seed, cw, batch_size, runtime, cache, progress
     )
     timings["head"] = time.perf_counter() - t
     return head_mod, history
-
-
-def _fit_finetune(bb, splits, head, seed, cw, batch_size, epochs, lr, patience, progress, hidden, dropout, timings):
-    import torch
-    from torch.utils.data import DataLoader
-
-    from .data import TorchDataset
-    from .heads import create_head
-    from .train import train_classifier
-
-    kind = "linear" if head == "logreg" else "mlp"
-    head_mod = create_head(kind, bb.num_features, len(splits.classes), hidden=hidden, dropout=dropout)
-    tf = bb.preprocessing.transform()
-    g = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(TorchDataset(splits.train, tf), batch_size=batch_size, shuffle=True, generator=g)
-    val_loader = DataLoader(TorchDataset(splits.val, tf), batch_size=batch_size) if splits.val is not None and len(splits.val) else None
-    t = time.perf_counter()
-    result = train_classifier(
-        bb, head_mod, train_loader, val_loader, epochs=epochs, lr=lr, trainable="all",
-        class_weights=cw, patience=patience if val_loader is not None else None, seed=seed, progress=progress,
-    )
-    timings["train"] = time.perf_counter() - t
-    # The weights changed in place: their hash is no longer the pretrained file's (feature caches key on it).
-    bb.provenance = dataclasses.replace(bb.provenance, source=f"{bb.provenance.source} +finetune", weights_sha256=None)
-    bb.eval()
-    head_mod.eval()
-    return head_mod, result.history
 
 
 def _versions() -> dict[str, str]:

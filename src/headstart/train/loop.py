@@ -113,7 +113,7 @@ class BestWeights(Checkpoint):
             "val_loss": m.get("val_loss") if val_ran else None,
             "val_acc": m.get("val_acc") if val_ran else None,
             "lr": float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None,
-            "backbone_lr": _top_group_lr(trainer),
+            "backbone_lr": _top_group_lr(trainer) if pl_module.backbone is not None and trainable_group_count(pl_module.backbone) else None,
             "stage": pl_module.stage.get("index"),
             "stage_name": pl_module.stage.get("name"),
             "unfrozen_groups": trainable_group_count(pl_module.backbone) if pl_module.backbone is not None else None,

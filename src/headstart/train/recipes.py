@@ -1,0 +1,136 @@
+"""What ``headstart.fit`` runs for the strategies trained in the loop: finetune, progressive, auto.
+
+:func:`build_plan` turns a strategy and its options into a plan of stages (:mod:`.strategies`);
+:func:`fit_in_loop` builds the data loaders (augmented, or the activation cache of the frozen
+prefix), runs :func:`~headstart.train.train_classifier` and returns the head, the history and
+what was done; :func:`choose_auto` is the rule behind ``strategy="auto"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import HeadstartError
+from .augment import Augment
+from .freeze import num_groups, resolve_unfreeze
+from .strategies import Stage, finetune_plan, frozen_prefix, progressive_plan, recipe_plan
+
+log = logging.getLogger("headstart")
+
+# auto: below this many training items per class, or at/above this linear-probe validation accuracy,
+# fine-tuning has little to gain and much to overfit; the probe is kept.
+AUTO_MIN_PER_CLASS = 20
+AUTO_GOOD_ENOUGH = 0.98
+
+
+def build_plan(
+    strategy: str, n_groups: int, *, epochs: int, lr: float, unfreeze: int | str | None = None,
+    backbone_lr: float | None = None, lr_decay: float = 0.7, freeze_epochs: int = 1,
+) -> tuple[list[Stage], bool]:
+    """``(stages, stop_on_plateau)`` for ``finetune`` (``unfreeze=None``: the default recipe) or ``progressive``.
+
+    The top layer group trains at ``backbone_lr`` (default ``lr / 10``) and each group below at
+    ``lr_decay`` times the one above; ``progressive`` runs ``epochs`` per stage at most.
+    """
+    try:
+        n = resolve_unfreeze(unfreeze, n_groups) if unfreeze is not None else None
+    except ValueError as e:
+        raise HeadstartError(f"{e} Fix: pass --unfreeze between 0 and {n_groups}, or --unfreeze all.") from None
+    if n_groups == 0 and strategy in ("finetune", "progressive") and unfreeze not in (None, 0, "0"):
+        raise HeadstartError("This backbone has no layer groups to unfreeze; use --strategy linear.")
+    ratio = (backbone_lr / lr) if backbone_lr is not None else 0.1
+    if strategy == "progressive":
+        return progressive_plan(n_groups, epochs, lr, max_unfreeze=n, backbone_ratio=ratio, decay=lr_decay), True
+    if strategy == "finetune":
+        if n is None:
+            return recipe_plan(n_groups, epochs, lr, freeze_epochs=freeze_epochs, backbone_ratio=ratio, decay=lr_decay), False
+        return finetune_plan(n_groups, n, epochs, lr, backbone_ratio=ratio, decay=lr_decay), False
+    raise HeadstartError(f"No training plan for strategy {strategy!r}.")
+
+
+def choose_auto(n_train_per_class: int, probe_val_acc: float | None, n_groups: int) -> tuple[str, str]:
+    """``(strategy, reason)``: ``linear`` for tiny data, a near-perfect probe, no validation split or no
+    layer groups; otherwise ``progressive`` (it starts from the head and goes deeper only while
+    validation improves)."""
+    if n_groups == 0:
+        return "linear", "the backbone has no layer groups to fine-tune"
+    if probe_val_acc is None:
+        return "linear", "there is no validation split to tell whether fine-tuning helps"
+    if n_train_per_class < AUTO_MIN_PER_CLASS:
+        return "linear", f"the smallest class has {n_train_per_class} training items (< {AUTO_MIN_PER_CLASS}): fine-tuning would overfit"
+    if probe_val_acc >= AUTO_GOOD_ENOUGH:
+        return "linear", f"the linear probe already reaches {probe_val_acc:.3f} validation accuracy (>= {AUTO_GOOD_ENOUGH})"
+    return "progressive", (
+        f"the linear probe reaches {probe_val_acc:.3f} validation accuracy (< {AUTO_GOOD_ENOUGH}) with "
+        f"{n_train_per_class}+ training items per class: unfreezing from the top may gain"
+    )
+
+
+def fit_in_loop(
+    bb: Any, splits: Any, *, strategy: str, head: str, seed: int, class_weights: Any, batch_size: int, epochs: int,
+    lr: float, patience: int | None, progress: bool, hidden: int, dropout: float, timings: dict[str, float],
+    unfreeze: int | str | None = None, backbone_lr: float | None = None, lr_decay: float = 0.7, freeze_epochs: int = 1,
+    augment: str | Augment = "none", schedule: str = "cosine", label_smoothing: float = 0.0, clip_grad: float | None = None,
+    activation_cache: bool = True, run_dir: Path | None = None, resume: bool = False, logger: str = "csv",
+    accelerator: str = "auto", devices: int | str = 1, dist: str = "auto", precision: str | None = None,
+    num_workers: int = 0,
+) -> tuple[Any, list[dict], dict[str, Any]]:
+    """Train ``bb`` + a new head on ``splits`` with the plan of ``strategy``; return ``(head, history, info)``."""
+    from ..data import TorchDataset
+    from ..heads import create_head
+    from .cache import cache_activations, can_split
+    from .checkpoint import make_loader
+    from .loop import train_classifier
+
+    G = num_groups(bb)
+    stages, stop_on_plateau = build_plan(strategy, G, epochs=epochs, lr=lr, unfreeze=unfreeze, backbone_lr=backbone_lr, lr_decay=lr_decay, freeze_epochs=freeze_epochs)
+    aug = augment if isinstance(augment, Augment) else _augment(augment)
+    kind = "linear" if head == "logreg" else "mlp"
+    head_mod = create_head(kind, bb.num_features, len(splits.classes), hidden=hidden, dropout=dropout)
+    has_val = splits.val is not None and len(splits.val) > 0
+    k = frozen_prefix(stages, G)
+    use_cache = activation_cache and aug.is_identity and k > 0 and can_split(bb, k)
+    info: dict[str, Any] = {"stages": [s.to_dict() for s in stages], "augment": aug.to_dict(), "activation_cache": None}
+    t = time.perf_counter()
+    eval_tf = bb.preprocessing.transform()
+    if use_cache:
+        acts_dir = run_dir / "activations" if run_dir is not None else None
+        train_ds = cache_activations(bb, k, TorchDataset(splits.train, eval_tf), batch_size=batch_size, disk_dir=acts_dir, num_groups=G)
+        val_ds = cache_activations(bb, k, TorchDataset(splits.val, eval_tf), batch_size=batch_size, disk_dir=acts_dir, num_groups=G) if has_val else None
+        info["activation_cache"] = {"group": k, "of": G, "seconds": round(time.perf_counter() - t, 3), "megabytes": round((train_ds.nbytes + (val_ds.nbytes if val_ds else 0)) / 1e6, 1)}
+        timings["activation_cache"] = time.perf_counter() - t
+        num_workers = 0
+    else:
+        if activation_cache and k > 0 and not aug.is_identity:
+            log.info("activation cache off: augmentation %r changes the frozen part's input every epoch", aug.name)
+        train_ds = TorchDataset(splits.train, aug.transform(bb.preprocessing))
+        val_ds = TorchDataset(splits.val, eval_tf) if has_val else None
+    train_loader = make_loader(train_ds, batch_size, shuffle=True, seed=seed, num_workers=num_workers)
+    val_loader = make_loader(val_ds, batch_size, shuffle=False, num_workers=num_workers) if val_ds is not None else None
+    t = time.perf_counter()
+    result = train_classifier(
+        bb, head_mod, train_loader, val_loader, lr=lr, stages=stages, stop_on_plateau=stop_on_plateau, schedule=schedule,
+        class_weights=class_weights, label_smoothing=label_smoothing, clip_grad=clip_grad, start_group=k if use_cache else 0,
+        patience=patience if has_val else None, seed=seed, progress=progress,
+        log_dir=run_dir / "logs" if run_dir is not None else None, logger=logger,
+        checkpoint_dir=run_dir / "checkpoints" if run_dir is not None else None, resume=resume,
+        accelerator=accelerator, devices=devices, dist=dist, precision=precision,
+    )
+    timings["train"] = time.perf_counter() - t
+    info.update({"steps": result.steps, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early, "global_rank": result.global_rank})
+    # The weights changed in place: their hash is no longer the pretrained file's (feature caches key on it).
+    bb.provenance = dataclasses.replace(bb.provenance, source=f"{bb.provenance.source} +{strategy}", weights_sha256=None)
+    bb.eval()
+    head_mod.eval()
+    return head_mod, result.history, info
+
+
+def _augment(name: str) -> Augment:
+    try:
+        return Augment.preset(name)
+    except ValueError as e:
+        raise HeadstartError(f"{e} Fix: --augment none|light|strong.") from None
