@@ -41,7 +41,7 @@ def test_subsample_is_stratified_seeded_and_keeps_one_per_class(data):
 
 
 def test_curve_writes_csv_summary_plot_and_report(data, tmp_path):
-    res = transfer_curve(data, backbone="tiny_cnn", scratch_backbone="tiny_cnn", fractions="0.25,1", seeds=2, epochs=1,
+    res = transfer_curve(data, backbone="tiny_cnn", scratch_backbone="tiny_cnn", runtime="torch", fractions="0.25,1", seeds=2, epochs=1,
                          target_acc=0.0, val=0.2, test=0.3, out=tmp_path / "curve")
     out = res["out"]
     with open(out / "curve.csv", newline="") as f:
@@ -66,8 +66,8 @@ def test_curve_writes_csv_summary_plot_and_report(data, tmp_path):
 
 
 def test_curve_into_a_run_folder_joins_its_report(data, tmp_path):
-    headstart.fit(data, backbone="tiny_cnn", strategy="linear", out=tmp_path / "run")
-    transfer_curve(data, backbone="tiny_cnn", scratch_backbone="tiny_cnn", fractions=[1.0], seeds=1, epochs=1, methods=("linear", "scratch"),
+    headstart.fit(data, backbone="tiny_cnn", strategy="linear", runtime="torch", out=tmp_path / "run")
+    transfer_curve(data, backbone="tiny_cnn", scratch_backbone="tiny_cnn", runtime="torch", fractions=[1.0], seeds=1, epochs=1, methods=("linear", "scratch"),
                    out=tmp_path / "run")
     html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
     assert ">Metrics<" in html and ">Transfer vs. scratch<" in html
@@ -94,7 +94,7 @@ def test_bad_parameters_name_the_fix(data, tmp_path, kw, match):
 
 def test_curve_command(tmp_path):
     res = subprocess.run([*COMMAND, "curve", "shapes:star,pentagon", "--backbone", "tiny_cnn", "--scratch-backbone", "tiny_cnn",
-                          "--fractions", "0.5,1", "--seeds", "1", "--epochs", "1", "--methods", "linear,scratch", "--n-per-class", "10",
+                          "--fractions", "0.5,1", "--seeds", "1", "--epochs", "1", "--methods", "linear,scratch", "--n-per-class", "10", "--runtime", "torch",
                           "--out", str(tmp_path / "c")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "linear" in res.stdout and "scratch" in res.stdout and "labels/class" in res.stdout

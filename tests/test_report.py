@@ -49,13 +49,13 @@ def shapes():
 
 @pytest.fixture(scope="module")
 def ft_run(module_tmp, shapes) -> Path:
-    headstart.fit(shapes, backbone="tiny_cnn", strategy="finetune", epochs=3, val=0.25, test=0.3, out=module_tmp / "ft")
+    headstart.fit(shapes, backbone="tiny_cnn", strategy="finetune", epochs=3, val=0.25, test=0.3, runtime="torch", out=module_tmp / "ft")
     return module_tmp / "ft"
 
 
 @pytest.fixture(scope="module")
 def lin_run(module_tmp, shapes) -> Path:
-    headstart.fit(shapes, backbone="tiny_cnn", strategy="linear", val=0.25, test=0.3, out=module_tmp / "lin")
+    headstart.fit(shapes, backbone="tiny_cnn", strategy="linear", val=0.25, test=0.3, runtime="torch", out=module_tmp / "lin")
     return module_tmp / "lin"
 
 
@@ -131,7 +131,7 @@ def test_user_strings_are_escaped(tmp_path, monkeypatch):
     monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))
     base = make_shapes(("circle", "square"), n_per_class=10, size=32)
     ds = LabeledDataset(base.items, base.labels, ["<b>x&y</b>", 'a|b"c'], "image", "<script>alert(1)</script>")
-    headstart.fit(ds, backbone="tiny_cnn", strategy="linear", val=0.2, test=0.3, out=tmp_path / "esc")
+    headstart.fit(ds, backbone="tiny_cnn", strategy="linear", val=0.2, test=0.3, runtime="torch", out=tmp_path / "esc")
     text = (tmp_path / "esc" / "report.html").read_text(encoding="utf-8")
     assert "<b>x&y</b>" not in text and "&lt;b&gt;x&amp;y&lt;/b&gt;" in text
     assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
@@ -147,7 +147,7 @@ def test_a_plot_failure_is_a_warning_and_the_run_is_kept(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(plots, "confusion_matrix_plot", boom)
     with caplog.at_level(logging.WARNING, logger="headstart"):
-        headstart.fit(shapes, backbone="tiny_cnn", strategy="linear", out=tmp_path / "r")
+        headstart.fit(shapes, backbone="tiny_cnn", strategy="linear", runtime="torch", out=tmp_path / "r")
     assert any("confusion_matrix" in r.getMessage() and "boom" in r.getMessage() for r in caplog.records)
     text = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
     assert "A plot could not be drawn: confusion_matrix: RuntimeError: boom" in text
@@ -160,7 +160,7 @@ def test_a_report_failure_is_a_warning_and_the_run_is_kept(tmp_path, monkeypatch
     monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(report, "build_report", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with caplog.at_level(logging.WARNING, logger="headstart"):
-        model = headstart.fit(shapes, backbone="tiny_cnn", strategy="linear", out=tmp_path / "r")
+        model = headstart.fit(shapes, backbone="tiny_cnn", strategy="linear", runtime="torch", out=tmp_path / "r")
     assert model.run_dir == tmp_path / "r" and (tmp_path / "r" / "model.json").is_file()
     msg = " ".join(r.getMessage() for r in caplog.records)
     assert "could not be written (OSError: disk full)" in msg and "headstart report" in msg
