@@ -25,8 +25,9 @@ from .registry import ScoreInfo, get_score, list_scores
 
 log = logging.getLogger("headstart")
 
-#: Candidates of ``fit(backbone="auto")`` when none are given: the ImageNet backbones that work offline.
+#: Candidates of ``fit(backbone="auto")`` when none are given: the pretrained backbones that work offline.
 DEFAULT_CANDIDATES: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+DEFAULT_TEXT_CANDIDATES: tuple[str, ...] = ("minilm_l6", "minilm_l3_onnx", "glove50")
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Ranking:
     n_classes: int
     folds: int | None = None
     kendall: dict[str, dict[str, float | None]] | None = None
+    best_backbone: Any = field(default=None, repr=False, compare=False)  # the top instance (not serialised)
 
     @property
     def best(self) -> str:
@@ -200,6 +202,8 @@ def rank_backbones(
     test: float = 0.15,
     seed: int = 0,
     strict: bool = False,
+    text_col: str | None = None,
+    label_col: str | None = None,
     batch_size: int = 64,
     runtime: str = "auto",
     cache: bool = True,
@@ -223,14 +227,21 @@ def rank_backbones(
     infos = [get_score(s) for s in score_names]
     if validate and folds < 2:
         raise HeadstartError(f"The 'folds' parameter must be at least 2; got {folds!r}.")
-    train = load_splits(data, val=val, test=test, seed=seed, strict=strict).train
+    train = load_splits(data, val=val, test=test, seed=seed, strict=strict, text_col=text_col, label_col=label_col).train
     labels = np.asarray(train.labels)
     if len(np.unique(labels)) < 2:
         raise HeadstartError("Ranking needs at least 2 classes in the training split; the data has fewer.")
 
     rows: list[BackboneScore] = []
+    instances: dict[str, Any] = {}
     for name in names:
         bb = create_backbone(name)
+        if (train.modality == "text") != hasattr(bb, "tokenize"):
+            kind = "text" if hasattr(bb, "tokenize") else "image"
+            raise BackboneError(
+                f"Backbone {name!r} is a {kind} backbone but the data holds {train.modality} items. "
+                f"Fix: rank backbones of the data's kind (see 'headstart backbones --modality {train.modality}')."
+            )
         t = time.perf_counter()
         feats = extract_features(bb, train, batch_size=batch_size, runtime=runtime, cache=cache, progress=progress)
         extract_s = time.perf_counter() - t
@@ -258,21 +269,28 @@ def rank_backbones(
             row.cv_accuracy, row.cv_std = cv_accuracy(feats, labels, folds=folds, seed=seed)
         log.info("%s: %s = %s (%d-d, extract %.1f s, score %.3f s)", name, primary, row.score, row.dim, extract_s, row.score_s)
         rows.append(row)
+        instances[name] = bb
 
     rows.sort(key=lambda r: (r.score is None, -(r.score if r.score is not None else 0.0)))
     for i, r in enumerate(rows, 1):
         r.rank = i
     ranking = Ranking(rows, primary, score_names, n_samples=len(labels), n_classes=len(np.unique(labels)), folds=folds if validate else None)
+    # Keep the top backbone itself: a random-init one rebuilt by name would not be the network scored.
+    ranking.best_backbone = instances[rows[0].backbone]
     if validate:
         ranking.kendall = _kendall(rows, score_names)
     return ranking
 
 
 def choose_backbone(data: Any, candidates: str | Sequence[str] | None, *, score: str = "logme", **kw: Any) -> tuple[str, Ranking]:
-    """The top-ranked of ``candidates`` (default :data:`DEFAULT_CANDIDATES`) and the ranking; logs why."""
+    """The top-ranked of ``candidates`` (default :data:`DEFAULT_CANDIDATES`, or :data:`DEFAULT_TEXT_CANDIDATES`
+    for text data) and the ranking; logs why."""
     if candidates is None or (isinstance(candidates, str) and not candidates.strip()):
-        candidates = DEFAULT_CANDIDATES
-        log.info("backbone auto: no candidates given, ranking the offline ImageNet backbones %s", ", ".join(candidates))
+        from ..data.load import guess_modality
+
+        text = guess_modality(data, text_col=kw.get("text_col")) == "text"
+        candidates = DEFAULT_TEXT_CANDIDATES if text else DEFAULT_CANDIDATES
+        log.info("backbone auto: no candidates given, ranking the offline pretrained backbones %s", ", ".join(candidates))
     ranking = rank_backbones(data, backbones=candidates, score=score, **kw)
     best = ranking.rows[0]
     if best.score is None:
@@ -295,4 +313,4 @@ def resolve_backbone(
     return choose_backbone(data, candidates, **kw)
 
 
-__all__ = ["BackboneScore", "Ranking", "DEFAULT_CANDIDATES", "rank_backbones", "choose_backbone", "cv_accuracy", "source_proba", "resolve_scores", "resolve_backbone"]
+__all__ = ["BackboneScore", "Ranking", "DEFAULT_CANDIDATES", "DEFAULT_TEXT_CANDIDATES", "rank_backbones", "choose_backbone", "cv_accuracy", "source_proba", "resolve_scores", "resolve_backbone"]
