@@ -16,7 +16,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, RandomSampler
 
@@ -34,6 +36,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Callable | None = lambda storage, loc: storage, weights_only: bool | None = True) -> dict[str, Any]:
         return torch.load(str(path), map_location=map_location, weights_only=True if weights_only is None else weights_only)
+
+
+class LastCheckpoint(Checkpoint):
+    """Write ``dirpath/last.ckpt`` at the end of every training epoch (after the stage and best-weights
+    callbacks have updated their state; through the trainer, so only rank 0 writes under DDP)."""
+
+    def __init__(self, dirpath: str | os.PathLike):
+        self.dirpath = Path(dirpath)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.save_checkpoint(self.dirpath / LAST)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"dirpath": str(self.dirpath)}
 
 
 def last_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:

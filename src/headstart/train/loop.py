@@ -40,7 +40,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from torch import nn
 
-from .checkpoint import AtomicCheckpointIO, last_checkpoint
+from .checkpoint import AtomicCheckpointIO, LastCheckpoint, last_checkpoint
 from .freeze import num_groups, trainable_group_count
 from .module import ClassifierModule, LossTerm
 from .strategies import Stage, StageCallback
@@ -315,10 +315,7 @@ def train_classifier(
     cbs: list[Callback] = [*callbacks, staging, best]
     ckpt_path = None
     if checkpoint_dir is not None:
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        cbs.append(ModelCheckpoint(dirpath=str(checkpoint_dir), filename="epoch{epoch}", save_top_k=0, save_last=True,
-                                   every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False))
+        cbs.append(LastCheckpoint(checkpoint_dir))
         if resume:
             ckpt_path = last_checkpoint(checkpoint_dir)
             if ckpt_path is None:
