@@ -203,7 +203,7 @@ def test_diagnostics_find_what_is_there_and_nothing_else():
 
 def test_confused_pairs():
     cm = np.array([[8, 2, 0], [3, 7, 0], [0, 1, 9]])
-    assert confused_pairs(cm, ["a", "b", "c"]) == [("a", "b", 5, 0.5)]  # b->c once: below 2 items
+    assert confused_pairs(cm, ["a", "b", "c"]) == [("a", "b", 5, 0.25)]  # b->c once: below 2 items
     assert confused_pairs(np.diag([5, 5, 5]), ["a", "b", "c"]) == []
 
 

@@ -9,7 +9,7 @@ Each check reads the run folder only (history, predictions, counts) and returns 
   does not cry wolf);
 - **under-fitting**: training accuracy below 80 %;
 - **class imbalance**: the largest training class has at least 3x the items of the smallest;
-- **confused pairs**: two classes mistaken for each other in at least 10 % of the smaller one's
+- **confused pairs**: two classes mistaken for each other (either way) in at least 10 % of their
   evaluated items (and at least 2 items);
 - **calibration**: expected calibration error above 0.1;
 - **small evaluation set**: fewer than 30 evaluated items per class (the binomial standard error
@@ -109,14 +109,14 @@ def _imbalance(rec: RunRecord) -> Finding | None:
 
 def confused_pairs(cm: np.ndarray, classes: list[str], *, min_rate: float = 0.10, min_count: int = 2, top: int = 3) -> list[tuple[str, str, int, float]]:
     """Pairs ``(a, b, n, rate)`` mistaken for each other ``n`` times in either direction, ``rate``
-    being ``n`` over the smaller class' evaluated items; most confused first."""
+    being ``n`` over the evaluated items of the two classes; most confused first."""
     cm = np.asarray(cm)
     support = cm.sum(1)
     pairs = []
     for i in range(len(classes)):
         for j in range(i + 1, len(classes)):
             n = int(cm[i, j] + cm[j, i])
-            denom = min(s for s in (support[i], support[j]) if s > 0) if support[i] + support[j] > 0 else 0
+            denom = int(support[i] + support[j])
             if denom and n >= min_count and n / denom >= min_rate:
                 pairs.append((classes[i], classes[j], n, n / denom))
     return sorted(pairs, key=lambda p: (-p[3], -p[2]))[:top]
@@ -131,7 +131,7 @@ def _confusions(rec: RunRecord) -> Finding | None:
     pairs = confused_pairs(confusion_matrix(p.y_true, p.y_pred, labels=np.arange(len(p.classes))), p.classes)
     if not pairs:
         return None
-    text = "; ".join(f"'{a}' and '{b}' ({n} items, {r:.0%} of the smaller class)" for a, b, n, r in pairs)
+    text = "; ".join(f"'{a}' and '{b}' ({n} items, {r:.0%} of the two classes' items)" for a, b, n, r in pairs)
     return Finding(
         "Classes confused with each other",
         f"Most mistakes are between {text}.",

@@ -128,7 +128,7 @@ def learning_curves_plot(history: list[dict[str, Any]], path: Path) -> Path | No
     if "epoch" in history[0]:
         x = np.arange(1, len(history) + 1)
         xlabel = "epoch"
-        stages = [r.get("stage") for r in history]
+        stages = [r.get("stage_name") if r.get("stage_name") not in (None, "") else r.get("stage") for r in history]
         if any(s is not None for s in stages):
             xlabel = "epoch (all stages)"
             start = 0

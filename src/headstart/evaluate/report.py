@@ -56,7 +56,7 @@ th{background:#eef1f4}tr:nth-child(even) td{background:#fafbfc}td.num{text-align
 .finding b{display:block;margin-bottom:2px}.finding .try{margin-top:4px}
 figure{margin:12px 0 24px}figure img{max-width:100%;height:auto;border:1px solid #e4e7eb}figcaption{color:#59636e;font-size:.9em;margin-top:4px}
 pre{background:#f6f8fa;border:1px solid #e4e7eb;padding:10px;overflow-x:auto;font-size:.85em}
-.note{color:#59636e;font-size:.9em}code{background:#f0f2f4;padding:1px 4px;border-radius:3px}
+.note{color:#59636e;font-size:.9em}details summary{cursor:pointer;color:#0969da;margin:.4em 0}code{background:#f0f2f4;padding:1px 4px;border-radius:3px}
 """
 
 
@@ -108,8 +108,9 @@ class _Doc:
         self.html.append(f"<figure><h3>{_e(title)}</h3><img alt=\"{_e(title)}\" src=\"data:image/png;base64,{data}\"><figcaption>{_e(caption)}</figcaption></figure>")
         self.md.append(f"\n**{title}**: {caption}\n\n![{title}]({rel})\n")
 
-    def pre(self, text: str, lang: str = "") -> None:
-        self.html.append(f"<pre>{_e(text)}</pre>")
+    def pre(self, text: str, lang: str = "", summary: str | None = None) -> None:
+        block = f"<pre>{_e(text)}</pre>"
+        self.html.append(f"<details><summary>{_e(summary)}</summary>{block}</details>" if summary else block)
         self.md.append(f"```{lang}\n{text.rstrip()}\n```\n")
 
     def raw(self, html_text: str, md_text: str) -> None:
@@ -213,7 +214,7 @@ def _timings(doc: _Doc, rec: RunRecord) -> None:
     rows = [[k, float(v)] for k, v in t.items()]
     n = rec.predictions and len(rec.predictions.y_true)
     if n and t.get("predict"):
-        rows.append([f"prediction throughput (items/s, {n} items incl. reading)", n / float(t["predict"])])
+        rows.append([f"prediction at the end of fit (items/s over {n} items, reading included; feature-cache hits count)", n / float(t["predict"])])
     if (rec.path / "model.safetensors").is_file():
         rows.append(["model size on disk (MB)", (rec.path / "model.safetensors").stat().st_size / 1e6])
     doc.table(["step", "seconds"], rows, numeric={1})
@@ -269,8 +270,10 @@ def build_report(run_dir: str | Path) -> tuple[str, str, list[str]]:
     _timings(doc, rec)
     if (root / "config.yaml").is_file():
         doc.h(2, "Settings", "settings")
-        doc.p("config.yaml: every resolved setting, to repeat the run.", "sub")
-        doc.pre((root / "config.yaml").read_text(encoding="utf-8"), "yaml")
+        cfg_text = (root / "config.yaml").read_text(encoding="utf-8")
+        keys = ("data", "backbone", "strategy", "head", "epochs", "lr", "batch_size", "seed", "val", "test", "class_weights", "augment")
+        doc.table(["setting", "value"], [[k, str(rec.config[k])] for k in keys if k in rec.config])
+        doc.pre(cfg_text, "yaml", summary=f"config.yaml: every resolved setting, to repeat the run ({cfg_text.count(chr(10))} lines)")
     doc.p(f"Written by headstart from the run folder {root.resolve()}.", "note")
     html_text = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
                  f"<title>{_e(title)}</title><style>{CSS}</style></head><body><main>\n" + "\n".join(doc.html) + "\n</main></body></html>\n")
