@@ -238,6 +238,7 @@ def test_rank_backbones_orders_by_score_and_validates(shapes):
     assert [row.rank for row in r.rows] == [1, 2]
     assert {row.backbone for row in r.rows} == {"tiny_cnn", "scratch_cnn"}
     assert r.rows[0].score >= r.rows[1].score and r.score_name == "logme" and r.scores[0] == "logme"
+    assert r.best == r.rows[0].backbone == r.best_backbone.name  # the scored instance, kept for fit
     for row in r.rows:
         assert row.scores["leep"] is None and "no source classifier" in row.notes["leep"]
         assert 0.0 <= row.cv_accuracy <= 1.0 and row.dim in (64, 1024)
@@ -246,7 +247,10 @@ def test_rank_backbones_orders_by_score_and_validates(shapes):
     assert r.kendall["logme"]["n"] == 2 and (tau is None or abs(tau) == 1.0)  # None: tied CV accuracies
 
 
-def test_leep_alone_on_a_backbone_without_source_head_names_the_alternatives(shapes):
+def test_leep_alone_on_a_backbone_without_source_head_names_the_alternatives(shapes, monkeypatch):
+    import headstart.features
+
+    monkeypatch.setattr(headstart.features, "extract_features", lambda *a, **k: pytest.fail("extracted before the error"))
     with pytest.raises(BackboneError, match="logme"):
         rank_backbones(shapes, backbones=["tiny_cnn"], score="leep", runtime="torch")
     with pytest.raises(HeadstartError, match="'logme'"):
@@ -272,6 +276,7 @@ def test_fit_auto_fits_the_top_candidate_and_records_the_ranking(shapes, tmp_pat
     assert [r["rank"] for r in ranking] == [1, 2]
     assert set(ranking[0]) >= {"backbone", "score", "score_name", "dim", "extract_s", "score_s", "rank"}
     assert config["backbone"] == ranking[0]["backbone"] == model.backbone.name
+    assert (tmp_path / "run" / "report.html").read_text().count("Backbone ranking") == 1  # the report shows it
     assert config["backbone_selection"]["candidates"] == [r["backbone"] for r in ranking]
 
 

@@ -25,6 +25,7 @@ _EXPORTS = {
     "register_backbone": "headstart.backbones",
     "Backbone": "headstart.backbones",
     "extract_features": "headstart.features",
+    "rank_backbones": "headstart.select",
     "load_splits": "headstart.data",
     "make_shapes": "headstart.data",
     "LabeledDataset": "headstart.data",

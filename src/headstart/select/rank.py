@@ -242,20 +242,21 @@ def rank_backbones(
                 f"Backbone {name!r} is a {kind} backbone but the data holds {train.modality} items. "
                 f"Fix: rank backbones of the data's kind (see 'headstart backbones --modality {train.modality}')."
             )
+        needs_source = any(i.needs != "features" for i in infos)
+        has_source = bb.source_head() is not None or name.startswith("run:")  # a run's own head is its source classifier
+        if needs_source and not has_source and len(infos) == 1:  # before the extraction, not after it
+            raise BackboneError(
+                f"{infos[0].title} needs the source model's class probabilities, but backbone {name!r} has no source "
+                f"classifier ({bb.provenance.source}). Fix: use --score logme, hscore or hscore_shrink (features only), "
+                "or rank backbones with a classifier (efficientnet_lite0/1/2, timm:<name>, run:<folder>)."
+            )
         t = time.perf_counter()
         feats = extract_features(bb, train, batch_size=batch_size, runtime=runtime, cache=cache, progress=progress)
         extract_s = time.perf_counter() - t
-        needs_source = any(i.needs != "features" for i in infos)
-        proba = source_proba(name, bb, feats) if needs_source else None
+        proba = source_proba(name, bb, feats) if needs_source and has_source else None
         row = BackboneScore(backbone=name, score=None, score_name=primary, dim=int(feats.shape[1]), extract_s=round(extract_s, 3), score_s=0.0)
         for info in infos:
             if info.needs != "features" and proba is None:
-                if len(infos) == 1:
-                    raise BackboneError(
-                        f"{info.title} needs the source model's class probabilities, but backbone {name!r} has no source "
-                        f"classifier ({bb.provenance.source}). Fix: use --score logme, hscore or hscore_shrink (features only), "
-                        "or rank backbones with a classifier (efficientnet_lite0/1/2, timm:<name>, run:<folder>)."
-                    )
                 row.scores[info.name] = None
                 row.notes[info.name] = f"no source classifier ({bb.provenance.source})"
                 continue
