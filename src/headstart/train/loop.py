@@ -328,7 +328,7 @@ def train_classifier(
         with quiet_lightning(quiet), _restore_torch_globals():
             L.seed_everything(seed, workers=True, verbose=False)
             trainer = L.Trainer(
-                accelerator=accelerator, devices=devices, strategy=dist or "auto", precision=precision,
+                accelerator=accelerator, devices=devices, strategy=_dist_strategy(dist, stages), precision=precision,
                 max_epochs=sum(s.epochs for s in stages),
                 max_time=datetime.timedelta(seconds=float(max_time)) if max_time is not None else None,
                 deterministic="warn", logger=loggers, callbacks=cbs, enable_checkpointing=True,
@@ -355,6 +355,21 @@ def train_classifier(
         seconds=time.perf_counter() - t_start, steps=int(trainer.global_step), stopped_early=bool(staging.stopped_early),
         global_rank=int(trainer.global_rank), stages=[s.to_dict() for s in stages],
     )
+
+
+def _dist_strategy(dist: str | None, stages: Sequence[Stage]) -> Any:
+    """Lightning's strategy. DDP registers gradient hooks for the parameters trainable when it wraps the
+    model; a plan that freezes or unfreezes groups needs ``find_unused_parameters`` (the frozen ones
+    get no gradient)."""
+    if not dist:
+        return "auto"
+    if isinstance(dist, str) and dist.startswith("ddp") and "find_unused" not in dist and any(s.unfreeze is not None for s in stages):
+        from lightning.pytorch.strategies import StrategyRegistry
+
+        name = f"{dist}_find_unused_parameters_true"
+        if name in StrategyRegistry:
+            return name
+    return dist
 
 
 def _undo_sync_batchnorm(module: nn.Module) -> None:

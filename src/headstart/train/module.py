@@ -140,6 +140,15 @@ class ClassifierModule(L.LightningModule):
             keep_frozen_batchnorm_eval(self)
         self._reset("train")
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Under DDP every parameter is registered when the model is wrapped (so that groups unfrozen
+        # later are all-reduced too); the reducer may hand frozen ones a zero gradient, on which AdamW
+        # would still apply weight decay. A frozen parameter gets no update at all.
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if not p.requires_grad and p.grad is not None:
+                    p.grad = None
+
     # ------------------------------------------------------------------ checkpoints keep the freeze state
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["headstart"] = {"requires_grad": freeze_state(self), "stage": dict(self.stage)}
