@@ -68,7 +68,9 @@ def _looks_like_text_table(path) -> bool:
 
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
         header = {h.strip().casefold() for h in next(csv.reader(fh), [])}
-    return bool(header & set(TEXT_COLUMNS)) and not header & set(_ALIASES["path"])
+    # A path column makes it an image manifest; anything else is read as texts (whose error, if no
+    # text column is found, lists the columns and names --text-col).
+    return bool(header) and not header & set(_ALIASES["path"]) or bool(header & set(TEXT_COLUMNS))
 
 
 for _suffix in (".tsv", ".tab", ".jsonl", ".ndjson"):

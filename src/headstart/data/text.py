@@ -276,6 +276,7 @@ def _pick(p: Path, given: str | None, aliases: Sequence[str], header: list[str],
     raise DataError(
         f"{p} has no {role} column (columns found: {found}); name it with --{option.replace('_', '-')} COLUMN "
         f"({option}=... in Python), or rename a column to one of {', '.join(aliases[:4])}"
+        + (" (a CSV of images needs a 'path' column instead)" if role == "text" and p.suffix.lower() == ".csv" else "")
     )
 
 

@@ -57,17 +57,33 @@ class TextOnnxRunner:
     name = "onnx"
 
     def __init__(self, path: Path, output: str | None = None):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = available_cores()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.session = _ort_session(Path(path))
         self.outputs = [output] if output else [self.session.get_outputs()[0].name]
 
     def __call__(self, x: dict[str, torch.Tensor]) -> np.ndarray:
         feeds = {k: np.ascontiguousarray(x[k].numpy(), dtype=np.int64) for k in INPUTS}
         return np.asarray(self.session.run(self.outputs, feeds)[0], dtype=np.float32)
+
+
+_SESSIONS: dict[tuple[str, int], object] = {}  # (onnx path, mtime) -> InferenceSession, for this process
+_SESSIONS_MAX = 4
+
+
+def _ort_session(path: Path):
+    """One ONNX Runtime CPU session per graph file and process (all optimisations, threads = cores)."""
+    import onnxruntime as ort
+
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    session = _SESSIONS.pop(key, None)
+    if session is None:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = available_cores()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    _SESSIONS[key] = session  # most recently used last
+    while len(_SESSIONS) > _SESSIONS_MAX:
+        del _SESSIONS[next(iter(_SESSIONS))]
+    return session
 
 
 class TextOpenVinoRunner:
@@ -115,10 +131,12 @@ def text_onnx_model(backbone, sample: dict[str, torch.Tensor], *, fingerprint: s
         probe = _with_padding(sample, 2)
         ids, mask = probe["input_ids"], probe["attention_mask"]
         axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}, "features": {0: "batch"}}
-        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                _eager_attention(backbone):
             warnings.simplefilter("ignore")  # exporter chatter; failures still raise
             torch.onnx.export(_Export(backbone).eval(), (ids, mask), str(tmp), input_names=list(INPUTS), output_names=["features"],
                               dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+            _fuse_transformer(backbone, tmp)
         diff, scale = _compare(backbone, TextOnnxRunner(path), sample)
         if not np.isfinite(diff) or diff > RTOL * max(scale, 1e-6):
             raise RuntimeError(f"ONNX Runtime features differ from eager torch: max abs diff {diff:.3g} (scale {scale:.3g})")
@@ -126,9 +144,49 @@ def text_onnx_model(backbone, sample: dict[str, torch.Tensor], *, fingerprint: s
         write_json(verdict_path, {"ok": False, "reason": f"{type(e).__name__}: {e}"[:2000]})
         path.unlink(missing_ok=True)
         raise
+    import gc
+
+    gc.collect()  # the tracer's and optimizer's graphs
     write_json(verdict_path, {"ok": True, "max_abs_diff": diff, "scale": scale, "fingerprint": fingerprint})
     logger.info("features: exported text encoder to ONNX in %.1fs (max abs diff vs torch %.2g)", time.perf_counter() - t0, diff)
     return path
+
+
+@contextlib.contextmanager
+def _eager_attention(backbone):
+    """Trace a Hugging Face encoder with its plain ("eager") attention: its MatMul/Softmax pattern is the
+    one ONNX Runtime's transformer optimizer fuses into one ``Attention`` op (the SDPA trace is not fused)."""
+    config = getattr(getattr(backbone, "encoder", None), "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    if config is None or before in (None, "eager"):
+        yield
+        return
+    try:
+        config._attn_implementation = "eager"
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+def _fuse_transformer(backbone, path: Path) -> None:
+    """Fuse attention, LayerNorm and GELU in the exported graph in place with ONNX Runtime's transformer
+    optimizer (BERT-family encoders); any failure keeps the unfused graph. The caller verifies the result."""
+    config = getattr(getattr(backbone, "encoder", None), "config", None)
+    if getattr(config, "model_type", None) not in ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet"):
+        return
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        kind = "bert" if config.model_type in ("roberta", "xlm-roberta", "electra", "mpnet") else config.model_type
+        heads, hidden = int(getattr(config, "num_attention_heads", 0)), int(getattr(config, "hidden_size", 0))
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = optimize_model(str(path), model_type=kind, num_heads=heads, hidden_size=hidden)
+        fused = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
+        model.save_model_to_file(str(path))
+        del model
+        logger.info("features: ONNX Runtime transformer fusion: %s", fused)
+    except Exception as e:  # noqa: BLE001 - an optimisation only
+        logger.info("features: transformer fusion skipped (%s: %s)", type(e).__name__, e)
 
 
 def _with_padding(sample: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
@@ -207,6 +265,22 @@ def _verified_openvino(backbone, path: Path, sample: dict[str, torch.Tensor]) ->
     return runner
 
 
+#: Tokens per batch, at most (batch x longest text): long texts go in smaller batches, so the runtime's
+#: activation memory (attention is batch x heads x tokens^2) stays bounded whatever the lengths.
+TOKEN_BUDGET = 64 * 128
+
+
+def _token_budget_batches(backbone, items, order: np.ndarray, batch_size: int):
+    """Consecutive slices of ``order`` (texts sorted longest first) of at most ``batch_size`` texts and
+    about :data:`TOKEN_BUDGET` tokens, estimating a text's tokens from its first (longest) member."""
+    start, limit = 0, int(backbone.preprocessing.max_length)
+    while start < len(order):
+        longest = min(limit, len(backbone.encode_ids([str(items[order[start]])])[0][0]))
+        size = max(1, min(batch_size, TOKEN_BUDGET // max(1, longest)))
+        yield order[start : start + size]
+        start += size
+
+
 def extract_text_features(
     backbone,
     dataset: LabeledDataset,
@@ -240,8 +314,7 @@ def extract_text_features(
     t1, cut, runner = time.perf_counter(), 0, None
     with _eval_mode(backbone), _progress_bar(len(order), progress) as advance:
         try:
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
+            for rows in _token_budget_batches(backbone, items, order, batch_size):
                 x = backbone.tokenize([str(items[i]) for i in rows], warn=False)
                 cut += backbone.last_truncated
                 if runner is None:
