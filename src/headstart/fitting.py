@@ -116,7 +116,7 @@ def fit(
     epoch into ``RUN/checkpoints``; ``resume=RUN`` continues a killed run with its own settings.
     """
     if resume is not None:
-        return _resume(resume, progress=progress)
+        return _resume(resume, progress=progress, data=data)
     from .backbones import create_backbone
     from .data import load_splits
     from .evaluate.metrics import classification_metrics
@@ -133,6 +133,8 @@ def fit(
     if save:
         check_run_dir(out, overwrite=overwrite)  # before the work, not after it
     resume_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items() if k in _RESUME_KEYS}
+    if not isinstance(resume_args["data"], str):
+        resume_args["data"] = None  # in-memory data: a run folder cannot rebuild it (resume from Python)
     if not isinstance(resume_args["data"], str):  # in-memory data (LabeledDataset, Splits): not YAML, not resumable from the CLI
         resume_args["data"] = None
     # backbone="auto": rank the candidates by LogME on the training split, fit the top one (select/).
@@ -285,7 +287,7 @@ _RESUME_KEYS = (
 )
 
 
-def _resume(run: str | Path, *, progress: bool):
+def _resume(run: str | Path, *, progress: bool, data: Any = None):
     """Continue the killed run in folder ``run`` from ``run/checkpoints/last.ckpt`` with its own settings."""
     import yaml
 
@@ -300,8 +302,10 @@ def _resume(run: str | Path, *, progress: bool):
     args = (yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}).get("resume_args")
     if not isinstance(args, dict) or "data" not in args:
         raise RunFolderError(f"{str(cfg_path)!r} does not record the settings of the run; it cannot be resumed.")
-    if not isinstance(args["data"], str):
-        raise RunFolderError(f"{str(run)!r} was trained on in-memory data; resume it from Python with the same data.")
+    if data is not None:
+        args["data"] = data  # e.g. the same in-memory dataset again
+    if not isinstance(args["data"], (str, Path)) and not hasattr(args["data"], "classes"):
+        raise RunFolderError(f"{str(run)!r} was trained on in-memory data; resume it from Python: fit(data, resume={str(run)!r}).")
     log.info("resuming %s", run)
     return fit(**args, out=run, progress=progress, overwrite=False)
 
