@@ -253,3 +253,25 @@ def test_cli_fit_progressive(folder, tmp_path):
     assert (tmp_path / "run" / "model.json").is_file()
     r = CliRunner().invoke(app, ["fit", str(folder), "-b", "tiny_cnn", "-s", "finetune", "--unfreeze", "9", "--out", str(tmp_path / "r2")])
     assert r.exit_code != 0 and "between 0 and 2" in str(r.exception)
+
+
+def test_loggers(tmp_path):
+    from headstart.train.loop import _make_loggers
+
+    assert _make_loggers(None, "csv") is False and len(_make_loggers(tmp_path, "csv")) == 1
+    with pytest.raises(ValueError, match="'logger' parameter must be one of"):
+        _make_loggers(tmp_path, "wandb")
+    for kind, module, fix in (("tensorboard", "tensorboard", "pip install tensorboard"), ("mlflow", "mlflow", "pip install mlflow")):
+        try:
+            __import__(module)
+        except ImportError:
+            if kind == "tensorboard":
+                try:
+                    __import__("tensorboardX")
+                    continue
+                except ImportError:
+                    pass
+            with pytest.raises(HeadstartError, match=fix):
+                _make_loggers(tmp_path, kind)
+        else:
+            assert len(_make_loggers(tmp_path, kind)) == 2

@@ -128,6 +128,10 @@ def fit(
     _check_choice("class_weights", class_weights, (None, "balanced"))
     _check_fraction("val", val)
     _check_fraction("test", test)
+    _check_choice("augment", augment, ("none", "light", "strong"))
+    _check_choice("schedule", schedule, ("cosine", "onecycle"))
+    _check_choice("logger", logger, ("csv", "tensorboard", "mlflow"))
+    _check_fraction("label_smoothing", label_smoothing)
     if epochs < 1:
         raise HeadstartError(f"The 'epochs' parameter must be at least 1; got {epochs!r}.")
     if save:

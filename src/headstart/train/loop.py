@@ -40,6 +40,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from torch import nn
 
+from ..errors import HeadstartError
 from .checkpoint import AtomicCheckpointIO, LastCheckpoint, last_checkpoint
 from .freeze import num_groups, trainable_group_count
 from .module import ClassifierModule, LossTerm
@@ -209,14 +210,14 @@ def _make_loggers(log_dir: str | os.PathLike | None, logger: str | Sequence[str]
         try:
             out.append(TensorBoardLogger(save_dir=str(log_dir), name="tensorboard", version=""))
         except ModuleNotFoundError as e:
-            raise ModuleNotFoundError("The TensorBoard logger needs tensorboard: pip install tensorboard (or pip install 'headstart[tensorboard]').") from e
+            raise HeadstartError("The TensorBoard logger needs tensorboard: pip install tensorboard (or pip install 'headstart[tensorboard]').") from e
     if "mlflow" in kinds:
         from lightning.pytorch.loggers import MLFlowLogger
 
         try:
             out.append(MLFlowLogger(experiment_name="headstart", tracking_uri=Path(log_dir, "mlruns").resolve().as_uri()))
         except ModuleNotFoundError as e:
-            raise ModuleNotFoundError("The MLflow logger needs mlflow: pip install mlflow-skinny (or pip install 'headstart[mlflow]').") from e
+            raise HeadstartError("The MLflow logger needs mlflow: pip install mlflow-skinny (or pip install 'headstart[mlflow]').") from e
     return out
 
 
