@@ -248,6 +248,11 @@ def curve_plot(rows: list[dict[str, Any]], path: Path, target: float | None = No
     if target is not None:
         ax.axhline(target, ls="--", color="grey", lw=1, label=f"target {target:g}")
     ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ticks = sorted({r["labels_per_class"] for r in rows})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set(xlabel="labeled training images per class", ylabel="test accuracy", title="accuracy vs labels: transfer vs scratch (mean, min-max over seeds)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=9)

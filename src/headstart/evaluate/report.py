@@ -191,19 +191,23 @@ def _curve(doc: _Doc, rec: RunRecord, plots: dict[str, Path], root: Path) -> Non
     s = rec.curve_summary
     if s:
         doc.p(f"Data: {s.get('data')} · backbone: {s.get('backbone')} · scratch backbone: {s.get('scratch_backbone')} · seeds: {s.get('seeds')} · "
-              f"test items: {s.get('n_test')} (the same fixed test split for every fit).", "sub")
+              f"epochs: {s.get('epochs')} (scratch {s.get('scratch_epochs')}) · lr: {s.get('lr')} (scratch {s.get('scratch_lr', s.get('lr'))}) · "
+              f"training items at fraction 1: {s.get('n_train_full')} · test items: {s.get('n_test')} (the same fixed test split for every fit).", "sub")
     table = summarize_curve(rec.curve)
     methods = list(dict.fromkeys(r["method"] for r in rec.curve))
     doc.table(["fraction", "labels/class", *[f"{m} acc (mean ± sd)" for m in methods]],
-              [[f, n, *[table.get((f, m), "") for m in methods]] for f, n in dict.fromkeys((r["fraction"], r["labels_per_class"]) for r in rec.curve)], numeric={0, 1})
+              [[f"{f:g}", n, *[table.get((f, m), "") for m in methods]] for f, n in dict.fromkeys((r["fraction"], r["labels_per_class"]) for r in rec.curve)], numeric={0, 1})
     if "curve" in plots:
         doc.figure(plots["curve"], *PLOT_TITLES["curve"], str(plots["curve"].relative_to(root)))
     if s.get("methods"):
         doc.h(3, "Time to reach the target accuracy, and compute used")
         doc.p(s.get("compute_note", ""), "note")
-        rows = [[m, d.get("labels_per_class_to_target"), d.get("seconds_to_target"), d.get("total_seconds"), d.get("total_cpu_seconds"), d.get("images_through_backbone")]
+        def val(v: Any) -> str:
+            return "not reached" if v is None else f"{v:g}"
+
+        rows = [[m, val(d.get("labels_per_class_to_target")), val(d.get("seconds_to_target")), f"{d.get('total_seconds', 0):.1f}", f"{d.get('total_cpu_seconds', 0):.1f}"]
                 for m, d in s["methods"].items()]
-        doc.table(["method", f"labels/class to reach {s.get('target_accuracy')}", "seconds per fit there", "total wall s", "total CPU s", "images through backbone"], rows, numeric={1, 2, 3, 4, 5})
+        doc.table(["method", f"labels/class to reach {s.get('target_accuracy')}", "seconds per fit there", "all fits: wall s", "all fits: CPU s"], rows, numeric={1, 2, 3, 4})
 
 
 def _timings(doc: _Doc, rec: RunRecord) -> None:
