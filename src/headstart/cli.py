@@ -318,7 +318,7 @@ def _print_ranking(ranking) -> None:
     cols = ["rank", "backbone", get_score(ranking.score_name).title, *[get_score(s).title for s in extra], "dim", "extract s", "score s"]
     if ranking.folds:
         cols.append(f"CV acc ({ranking.folds}-fold)")
-    t = Table(*cols, title=f"{ranking.n_samples} training samples, {ranking.n_classes} classes; higher scores are better")
+    t = Table(*cols, title=f"{ranking.n_samples} training samples, {ranking.n_classes} classes; higher scores are better; extract s is this call's (near 0 on a cache hit)")
     for r in ranking.rows:
         row = [str(r.rank), r.backbone, fmt(r.score), *[fmt(r.scores.get(s)) for s in extra], str(r.dim), f"{r.extract_s:.1f}", f"{r.score_s:.3f}"]
         if ranking.folds:
