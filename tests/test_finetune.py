@@ -275,3 +275,22 @@ def test_loggers(tmp_path):
                 _make_loggers(tmp_path, kind)
         else:
             assert len(_make_loggers(tmp_path, kind)) == 2
+
+
+def test_start_weights_are_kept_unless_an_epoch_beats_them():
+    tf = create_backbone("tiny_cnn").preprocessing.transform()
+    train, val = make_loader(TorchDataset(_bars(64, 0), tf), 32, shuffle=True), make_loader(TorchDataset(_bars(32, 1), tf), 32, shuffle=False)
+    bb = create_backbone("tiny_cnn")
+    head = create_head("linear", bb.num_features, 2)
+    start = {k: v.clone() for k, v in {**bb.state_dict(), **head.state_dict()}.items()}
+    res = train_classifier(bb, head, train, val, stages=finetune_plan(2, 2, 2, 1e-2), initial_val_loss=-1.0)  # unbeatable
+    assert res.best_epoch == -1 and len(res.history) == 2
+    for k, v in {**bb.state_dict(), **head.state_dict()}.items():
+        assert torch.equal(v, start[k]), k
+
+
+def test_finetune_starts_from_the_linear_probe(folder, tmp_path):
+    headstart.fit(folder, backbone="tiny_cnn", strategy="progressive", unfreeze=1, out=tmp_path / "run", epochs=1)
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    init = cfg["training"]["head_init"]
+    assert init["from"].startswith("linear probe") and 0.0 <= init["probe_val_acc"] <= 1.0 and init["probe_val_loss"] > 0

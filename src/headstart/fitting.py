@@ -104,6 +104,8 @@ def fit(
     * ``"progressive"``: the head, then one more layer group from the top per stage (up to
       ``unfreeze`` groups; all by default), each stage at most ``epochs`` epochs at a lower rate;
       stops when a stage does not lower the validation loss; the best weights are kept.
+    * With the ``logreg`` head, ``finetune`` and ``progressive`` start from the linear probe's head
+      (LP-FT), fit exactly on the frozen features before any backbone weight moves.
     * ``"auto"``: a linear probe first; keeps it for tiny data or a near-perfect probe, else runs
       ``progressive``; the choice and its reason go into ``config.yaml`` and ``metrics.json``.
 
@@ -199,6 +201,7 @@ def fit(
             backbone_lr=backbone_lr, lr_decay=lr_decay, freeze_epochs=freeze_epochs, augment=augment, schedule=schedule,
             label_smoothing=label_smoothing, clip_grad=clip_grad, activation_cache=activation_cache, run_dir=run_dir,
             resume=_resuming(run_dir), logger=logger, accelerator=accelerator, devices=devices, dist=dist, precision=precision,
+            runtime=runtime, cache=cache,
         )
     else:
         head_mod, history = _fit_linear(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience)

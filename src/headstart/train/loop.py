@@ -94,12 +94,20 @@ class BestWeights(Checkpoint):
     epoch's metrics are finished) and after early stopping; it writes no file.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, initial_val_loss: float | None = None) -> None:
+        self.initial_val_loss = initial_val_loss
         self.history: list[dict] = []
         self.best_epoch: int | None = None
         self.best_val_loss: float | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self._t0 = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A known validation loss of the starting weights (e.g. the linear probe's): they are the
+        # best so far (epoch -1) until an epoch beats them. Not again on resume (the state has it).
+        if self.initial_val_loss is not None and self.best_epoch is None and not self.history:
+            self.best_epoch, self.best_val_loss = -1, float(self.initial_val_loss)
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()
@@ -251,6 +259,7 @@ def train_classifier(
     dist: str = "auto",
     precision: str | None = None,
     sync_batchnorm: bool = False,
+    initial_val_loss: float | None = None,
     progress: bool = False,
     max_time: float | None = None,
     extra_losses: Sequence[LossTerm] = (),
@@ -275,7 +284,9 @@ def train_classifier(
     write ``last.ckpt`` there after every epoch (atomically); ``resume=True`` continues from it.
     ``accelerator``/``devices``/``dist``/``precision``: Lightning's ``Trainer`` arguments
     (``dist`` is its ``strategy``, e.g. ``"ddp"``); ``sync_batchnorm``: BatchNorm statistics over all
-    processes (plain ``BatchNorm`` layers; converted back after training).
+    processes (plain ``BatchNorm`` layers; converted back after training). ``initial_val_loss``:
+    the validation loss of the starting weights (e.g. a linear probe's); they are kept
+    (``best_epoch == -1``) unless an epoch beats them.
     ``extra_losses``/``callbacks``: loss terms and Lightning callbacks of the methods built on
     this loop. See :mod:`.module` for the loss, optimiser and schedule.
     """
@@ -312,7 +323,7 @@ def train_classifier(
         schedule=schedule, train_bn=train_bn, start_group=start_group,
     )
     staging = StageCallback(stages, patience=patience, stop_on_plateau=stop_on_plateau)
-    best = BestWeights()
+    best = BestWeights(initial_val_loss if val_loader is not None else None)
     cbs: list[Callback] = [*callbacks, staging, best]
     ckpt_path = None
     if checkpoint_dir is not None:

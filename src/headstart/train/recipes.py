@@ -4,6 +4,13 @@
 :func:`fit_in_loop` builds the data loaders (augmented, or the activation cache of the frozen
 prefix), runs :func:`~headstart.train.train_classifier` and returns the head, the history and
 what was done; :func:`choose_auto` is the rule behind ``strategy="auto"``.
+
+With the ``logreg`` head, fine-tuning starts from the linear probe (LP-FT; Kumar et al. 2022,
+"Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution",
+arXiv:2202.10054): the head is first fit exactly (L-BFGS logistic regression) on the frozen
+features, so the first gradient steps into the backbone come from a good head rather than a random
+one. The features come from the activation cache (one forward pass of the top) when there is one,
+else from the fast extraction runtime.
 """
 
 from __future__ import annotations
@@ -77,7 +84,7 @@ def fit_in_loop(
     augment: str | Augment = "none", schedule: str = "cosine", label_smoothing: float = 0.0, clip_grad: float | None = None,
     activation_cache: bool = True, run_dir: Path | None = None, resume: bool = False, logger: str = "csv",
     accelerator: str = "auto", devices: int | str = 1, dist: str = "auto", precision: str | None = None,
-    num_workers: int = 0,
+    num_workers: int = 0, head_init: str = "probe", runtime: str = "auto", cache: bool = True,
 ) -> tuple[Any, list[dict], dict[str, Any]]:
     """Train ``bb`` + a new head on ``splits`` with the plan of ``strategy``; return ``(head, history, info)``."""
     from ..data import TorchDataset
@@ -109,24 +116,74 @@ def fit_in_loop(
             log.info("activation cache off: augmentation %r changes the frozen part's input every epoch", aug.name)
         train_ds = TorchDataset(splits.train, aug.transform(bb.preprocessing))
         val_ds = TorchDataset(splits.val, eval_tf) if has_val else None
+    if head_init == "probe" and kind == "linear":
+        t = time.perf_counter()
+        head_mod, acc, probe_val_loss = _probe_head(bb, splits, train_ds if use_cache else None, val_ds if use_cache else None, k if use_cache else 0,
+                                    seed=seed, class_weights=class_weights, batch_size=batch_size, runtime=runtime, cache=cache)
+        info["head_init"] = {"from": "linear probe (LP-FT)", "probe_val_acc": acc, "probe_val_loss": probe_val_loss, "seconds": round(time.perf_counter() - t, 3)}
+        timings["probe"] = time.perf_counter() - t
     train_loader = make_loader(train_ds, batch_size, shuffle=True, seed=seed, num_workers=num_workers)
     val_loader = make_loader(val_ds, batch_size, shuffle=False, num_workers=num_workers) if val_ds is not None else None
     t = time.perf_counter()
     result = train_classifier(
         bb, head_mod, train_loader, val_loader, lr=lr, stages=stages, stop_on_plateau=stop_on_plateau, schedule=schedule,
         class_weights=class_weights, label_smoothing=label_smoothing, clip_grad=clip_grad, start_group=k if use_cache else 0,
-        patience=patience if has_val else None, seed=seed, progress=progress,
+        patience=patience if has_val else None, seed=seed, progress=progress, initial_val_loss=info.get("head_init", {}).get("probe_val_loss"),
         log_dir=run_dir / "logs" if run_dir is not None else None, logger=logger,
         checkpoint_dir=run_dir / "checkpoints" if run_dir is not None else None, resume=resume,
         accelerator=accelerator, devices=devices, dist=dist, precision=precision,
     )
     timings["train"] = time.perf_counter() - t
+    if result.best_epoch == -1:
+        log.info("no epoch beat the linear probe on validation: keeping the probe and the pretrained backbone")
     info.update({"steps": result.steps, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early, "global_rank": result.global_rank})
-    # The weights changed in place: their hash is no longer the pretrained file's (feature caches key on it).
-    bb.provenance = dataclasses.replace(bb.provenance, source=f"{bb.provenance.source} +{strategy}", weights_sha256=None)
+    if result.best_epoch != -1:
+        # The weights changed in place: their hash is no longer the pretrained file's (feature caches key on it).
+        bb.provenance = dataclasses.replace(bb.provenance, source=f"{bb.provenance.source} +{strategy}", weights_sha256=None)
     bb.eval()
     head_mod.eval()
     return head_mod, result.history, info
+
+
+def _probe_head(bb: Any, splits: Any, train_acts: Any, val_acts: Any, group: int, *, seed: int, class_weights: Any,
+                batch_size: int, runtime: str, cache: bool) -> tuple[Any, float | None, float | None]:
+    """Fit the logistic-regression head on the frozen features; ``(head, validation accuracy, validation loss)``."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..heads import fit_head
+
+    def top_features(ds: Any) -> np.ndarray:
+        was = bb.training
+        bb.eval()
+        try:
+            with torch.no_grad():
+                return torch.cat([bb.forward_from(group, h) for h, _ in DataLoader(ds, batch_size=batch_size)]).numpy()
+        finally:
+            bb.train(was)
+
+    has_val = splits.val is not None and len(splits.val) > 0
+    if train_acts is not None:
+        x_tr = top_features(train_acts)
+        x_val = top_features(val_acts) if val_acts is not None else None
+    else:
+        from ..features import extract_features
+
+        x_tr = extract_features(bb, splits.train, batch_size=batch_size, runtime=runtime, cache=cache)
+        x_val = extract_features(bb, splits.val, batch_size=batch_size, runtime=runtime, cache=cache) if has_val else None
+    head, _ = fit_head("linear", x_tr, splits.train.labels, x_val, splits.val.labels if x_val is not None else None,
+                       num_classes=len(splits.classes), seed=seed, class_weight=class_weights)
+    acc = loss = None
+    if x_val is not None:
+        with torch.no_grad():
+            logits = head.eval()(torch.as_tensor(x_val, dtype=torch.float32))
+            y = torch.as_tensor(splits.val.labels)
+            cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+            loss = float(torch.nn.functional.cross_entropy(logits, y, weight=cw))  # the loop's validation loss
+            acc = float((logits.argmax(1) == y).float().mean())
+    head.train()
+    return head, acc, loss
 
 
 def _augment(name: str) -> Augment:
