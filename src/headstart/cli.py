@@ -217,10 +217,10 @@ def compare(
     speed: bool = typer.Option(True, help="Measure inference speed (images/s of a forward pass on a batch of random images)."),
 ) -> None:
     """Side-by-side table of runs: strategy, backbone, metrics, train time, inference speed, model size."""
-    from .evaluate.compare import COLUMNS, compare_runs
+    from .evaluate.compare import COLUMNS, compare_runs, format_row
 
     rows = compare_runs(runs, out=out, speed=speed)
-    _print_rows([c for c in COLUMNS if any(r.get(c) is not None for r in rows)], rows)
+    _print_rows([c for c in COLUMNS if any(r.get(c) is not None for r in rows)], [format_row(r) for r in rows])
 
 
 def _print_rows(cols: list, rows: list) -> None:

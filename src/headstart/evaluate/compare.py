@@ -72,16 +72,26 @@ def compare_row(run_dir: str | Path, *, speed: bool = True) -> dict[str, Any]:
     return row
 
 
-def _cell(v: Any) -> str:
+_FORMATS = {"train_s": "{:.2f}", "items_per_s": "{:.0f}", "model_mb": "{:.3f}"}
+
+
+def format_cell(col: str, v: Any) -> str:
+    """How a value of column ``col`` is shown: metrics with 4 decimals, seconds 2, items/s 0, MB 3."""
     if v is None:
         return ""
-    return f"{v:.4f}" if isinstance(v, float) and not float(v).is_integer() else str(v)
+    if isinstance(v, float):
+        return _FORMATS.get(col, "{:.4f}").format(v)
+    return str(v)
+
+
+def format_row(row: dict[str, Any]) -> dict[str, str]:
+    return {c: format_cell(c, v) for c, v in row.items()}
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     cols = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_cell(r.get(c)).replace("|", "\\|") for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(format_cell(c, r.get(c)).replace("|", "\\|") for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
