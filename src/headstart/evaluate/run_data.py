@@ -177,7 +177,7 @@ def pca(x: np.ndarray, dims: int = PCA_DIMS) -> np.ndarray:
     d = min(dims, x.shape[0], x.shape[1])
     if d < 1:
         return x[:, :0]
-    return PCA(n_components=d, random_state=0).fit_transform(x)
+    return PCA(n_components=d, svd_solver="full").fit_transform(x)  # exact; faster than "auto"'s randomized SVD at these sizes
 
 
 def _thumbnail(img: Any, size: int = THUMB) -> np.ndarray:
