@@ -192,6 +192,11 @@ def _print_metrics(m: dict) -> None:
 
     c = Console()
     c.print(f"accuracy {m['accuracy']:.4f}   log loss {m['log_loss']:.4f}   macro F1 {m['macro_f1']:.4f}   n={m['n']}")
+    extra = [(label, m.get(k)) for k, label in (("balanced_accuracy", "balanced accuracy"), ("roc_auc", "ROC-AUC"), ("ece", "ECE")) if m.get(k) is not None]
+    if extra:
+        c.print("   ".join(f"{label} {v:.4f}" for label, v in extra))
+    for note in m.get("notes", []):
+        c.print(f"note: {note}")
     t = Table("class", "precision", "recall", "F1", "support")
     for name, r in m["per_class"].items():
         t.add_row(name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
