@@ -141,8 +141,6 @@ def fit(
     resume_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items() if k in _RESUME_KEYS}
     if not isinstance(resume_args["data"], str):
         resume_args["data"] = None  # in-memory data: a run folder cannot rebuild it (resume from Python)
-    if not isinstance(resume_args["data"], str):  # in-memory data (LabeledDataset, Splits): not YAML, not resumable from the CLI
-        resume_args["data"] = None
     # backbone="auto": rank the candidates by LogME on the training split, fit the top one (select/).
     from .select.rank import resolve_backbone
 
