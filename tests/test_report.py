@@ -283,3 +283,20 @@ def test_report_renders_in_headless_chromium(ft_run, tmp_path):
     assert saturated.mean() > 0.005, saturated.mean()
     if os.environ.get("HEADSTART_KEEP_SCREENSHOT"):
         shutil.copy(shot, os.environ["HEADSTART_KEEP_SCREENSHOT"])
+
+
+def test_report_of_one_hundred_classes_without_model_or_history(tmp_path):
+    """Only predictions.csv: the metric sections and the prediction plots, readable at 100 classes."""
+    k, n = 100, 400
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % k
+    logits = rng.normal(size=(n, k))
+    logits[np.arange(n), y] += 3
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    write_predictions(tmp_path, [f"item{i}" for i in range(n)], y, proba, [f"class {i}" for i in range(k)])
+    html_text, md, failed = build_report(tmp_path)
+    assert failed == []
+    assert ">Per-class metrics<" in html_text and "top-5 accuracy" in html_text and ">Diagnostics<" not in html_text
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["confusion_matrix.png", "reliability.png", "roc_pr.png"]
+    for p in (tmp_path / "plots").iterdir():
+        assert_not_blank(p)
