@@ -283,6 +283,20 @@ def test_unfreeze_from_top_schedule(tiny_bert):
     T.current_epoch = 1
     cb.on_train_epoch_start(T, None)
     assert all(p.requires_grad for p in bb.parameters())
+    capped = UnfreezeFromTop(bb, step=1, limit=1)
+    T.current_epoch = 5
+    capped.on_train_epoch_start(T, None)
+    assert [all(p.requires_grad for p in g.parameters()) for g in groups] == [False, False, False, True]
+
+
+def test_progressive_strategy_on_texts_is_the_text_recipe(tmp_path, tiny_bert):
+    from headstart.fitting import fit
+
+    data = _csv(tmp_path / "r.csv", _rows())
+    model = fit(data, backbone=tiny_bert, strategy="progressive", epochs=1, batch_size=8, val=0.25, test=0.25, save=False, unfreeze=2)
+    assert model.head.config()["kind"] == "dropout_linear" and "+finetune" in model.backbone.provenance.source
+    with pytest.raises(HeadstartError, match="unfreeze must be between 1 and 4"):
+        fit(data, backbone=tiny_bert, strategy="finetune", epochs=1, val=0.25, test=0.25, save=False, unfreeze=9)
 
 
 def _env() -> dict:

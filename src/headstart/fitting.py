@@ -171,22 +171,20 @@ def fit(
         auto_choice = _auto(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience)
         log.info("auto chose %s because %s", auto_choice["strategy"], auto_choice["reason"])
     trained = auto_choice["strategy"] if auto_choice is not None else strategy
-    if splits.train.modality == "text" and trained == "progressive":
-        if auto_choice is None:
-            raise HeadstartError("strategy 'progressive' is for image backbones; for texts use --strategy finetune (it unfreezes the encoder from the top).")
-        trained = auto_choice["strategy"] = "finetune"
     if save and trained in LOOP_STRATEGIES and splits.train.modality != "text":
         # A resumable run: its folder and config.yaml exist before the first epoch.
         run_dir = new_run_dir(out, name=f"{backbone.replace(':', '_').replace('/', '_')}-{strategy}", overwrite=overwrite)
         out = run_dir
         write_config(run_dir, {"status": "training", "resume_args": resume_args})
 
-    if trained == "finetune" and splits.train.modality == "text":
+    if trained in LOOP_STRATEGIES and splits.train.modality == "text":
+        # Texts: 'finetune' and 'progressive' are one recipe (BERT/ULMFiT): the head on the frozen encoder's
+        # cached features, then the encoder unfrozen from the top, one more layer group per epoch (text_finetune).
         from .text_finetune import fit_text_finetune
 
         head_mod, history = fit_text_finetune(
             bb, splits, seed=seed, class_weights=cw, batch_size=batch_size, epochs=epochs, lr=lr, backbone_lr=backbone_lr,
-            patience=patience, progress=progress, dropout=None, timings=timings, runtime=runtime, cache=cache,
+            patience=patience, progress=progress, dropout=None, timings=timings, runtime=runtime, cache=cache, unfreeze=unfreeze,
         )
     elif auto_choice is not None and trained == "linear":
         head_mod, history = auto_choice.pop("probe")

@@ -14,7 +14,8 @@ The recipe of the BERT / ULMFiT papers, on :func:`headstart.train.train_classifi
 
    .. math:: n_e = \min\bigl(G,\ (e + 1)\,\lceil G / E \rceil\bigr)
 
-   groups, so the top layers move first and the whole encoder trains in the last epoch.
+   groups, so the top layers move first and the whole encoder trains in the last epoch
+   (``unfreeze=N`` caps :math:`n_e` at :math:`N`: the bottom groups then stay frozen).
 
 Batches are tokenized in the ``DataLoader``'s collate function (``backbone.collate``); the
 training module passes the token dict to ``backbone.forward`` as it is.
@@ -45,11 +46,12 @@ TEXT_HEAD_DROPOUT = 0.1
 class UnfreezeFromTop(Callback):
     """Before epoch ``e``, make the top ``min(G, (e + 1) * step)`` layer groups of ``backbone`` trainable."""
 
-    def __init__(self, backbone: torch.nn.Module, step: int):
+    def __init__(self, backbone: torch.nn.Module, step: int, limit: int | None = None):
         self.backbone, self.step = backbone, max(1, int(step))
+        self.limit = len(backbone.layer_groups()) if limit is None else int(limit)
 
     def trainable_groups(self, epoch: int) -> int:
-        return min(len(self.backbone.layer_groups()), (epoch + 1) * self.step)
+        return min(len(self.backbone.layer_groups()), self.limit, (epoch + 1) * self.step)
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         groups = self.backbone.layer_groups()
@@ -92,6 +94,7 @@ def fit_text_finetune(
     runtime: str = "auto",
     cache: bool = True,
     head_epochs: int = 20,
+    unfreeze: int | str | None = None,
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Stage 1 (head on frozen, cached features) then stage 2 (progressive unfreezing); see the module doc.
 
@@ -127,13 +130,17 @@ def fit_text_finetune(
 
     t = time.perf_counter()
     train_loader, val_loader = text_loaders(bb, splits, batch_size, seed)
-    step = math.ceil(len(bb.layer_groups()) / epochs)
+    n_groups = len(bb.layer_groups())
+    limit = n_groups if unfreeze in (None, "all") else int(unfreeze)
+    if not 1 <= limit <= n_groups:
+        raise HeadstartError(f"unfreeze must be between 1 and {n_groups} (the layer groups of {bb.name!r}) or 'all'; got {unfreeze!r}.")
+    step = math.ceil(limit / epochs)
     was = [(p, p.requires_grad) for p in bb.parameters()]
     try:
         stage2 = train_classifier(
             bb, head, train_loader, val_loader, epochs=epochs, lr=lr, backbone_lr=TEXT_BACKBONE_LR if backbone_lr is None else backbone_lr,
             trainable="all", class_weights=cw, patience=patience if val_loader is not None else None, seed=seed,
-            progress=progress, callbacks=[UnfreezeFromTop(bb, step)],
+            progress=progress, callbacks=[UnfreezeFromTop(bb, step, limit)],
         )
     finally:
         for p, flag in was:
