@@ -249,7 +249,10 @@ def finetuned_run(tmp_path_factory, tiny_bert):
 
     tmp = tmp_path_factory.mktemp("ft")
     data = _csv(tmp / "r.csv", _rows())
-    model = fit(data, backbone=tiny_bert, strategy="finetune", epochs=2, batch_size=8, out=tmp / "run", val=0.25, test=0.25)
+    source = tmp / "bert"  # removed after fit: the saved run must rebuild from its own folder alone
+    shutil.copytree(tiny_bert[len("hf:"):], source)
+    model = fit(data, backbone=f"hf:{source}", strategy="finetune", epochs=2, batch_size=8, out=tmp / "run", val=0.25, test=0.25)
+    shutil.rmtree(source)
     return model, tmp / "run"
 
 
