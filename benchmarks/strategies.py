@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--unfreeze", default="2")
     ap.add_argument("--strategies", default="linear,finetune,progressive")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--backbone-lr", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -33,7 +34,7 @@ def main() -> None:
     unfreeze = args.unfreeze if args.unfreeze == "all" else int(args.unfreeze)
     rows = []
     for strategy in args.strategies.split(","):
-        kw = {} if strategy == "linear" else {"unfreeze": unfreeze, "epochs": args.epochs, "lr": args.lr}
+        kw = {} if strategy == "linear" else {"unfreeze": unfreeze, "epochs": args.epochs, "lr": args.lr, **({"backbone_lr": args.backbone_lr} if args.backbone_lr else {})}
         t0 = time.perf_counter()
         model = headstart.fit(args.data, backbone=args.backbone, strategy=strategy, cache=False, save=False, seed=args.seed, **kw)
         seconds = time.perf_counter() - t0

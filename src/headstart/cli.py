@@ -95,6 +95,7 @@ def fit(
     label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing epsilon in [0, 1)."),
     clip_grad: Optional[float] = typer.Option(None, "--clip-grad", help="Clip the gradient norm to this value."),
     patience: int = typer.Option(5, help="Epochs without a lower validation loss before a stage (or the run) stops."),
+    train_bn: bool = typer.Option(False, "--train-bn", help="Let BatchNorm layers update their running statistics while fine-tuning (default: fixed)."),
     no_activation_cache: bool = typer.Option(False, "--no-activation-cache", help="Run the frozen lower layer groups every step instead of caching their activations once."),
     logger: str = typer.Option("csv", help="Training logs in the run folder: csv (always written) | tensorboard | mlflow."),
     accelerator: str = typer.Option("auto", help="Lightning accelerator: auto | cpu | gpu."),
@@ -114,7 +115,7 @@ def fit(
         runtime=runtime, progress=True, overwrite=overwrite, text_col=text_col, label_col=label_col,
         unfreeze=(unfreeze if unfreeze in (None, "all") else _int_option("--unfreeze", unfreeze)), backbone_lr=backbone_lr,
         lr_decay=lr_decay, freeze_epochs=freeze_epochs, augment=augment, schedule=schedule, label_smoothing=label_smoothing,
-        clip_grad=clip_grad, patience=patience, activation_cache=not no_activation_cache, logger=logger, accelerator=accelerator,
+        clip_grad=clip_grad, patience=patience, activation_cache=not no_activation_cache, train_bn=train_bn, logger=logger, accelerator=accelerator,
         devices=devices if devices == "auto" else _int_option("--devices", devices), dist=dist, precision=precision, resume=resume,
     )
     if not getattr(model, "metrics", None):

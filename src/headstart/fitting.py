@@ -75,6 +75,7 @@ def fit(
     activation_cache: bool = True,
     freeze_epochs: int = 1,
     lr_decay: float = 0.7,
+    train_bn: bool = False,
     logger: str = "csv",
     accelerator: str = "auto",
     devices: int | str = 1,
@@ -112,7 +113,9 @@ def fit(
     Loop options: ``augment`` (``none``/``light``/``strong``), ``schedule`` (``cosine``/``onecycle``),
     ``label_smoothing``, ``clip_grad``, ``patience`` (epochs without a lower validation loss before a
     stage ends), ``activation_cache`` (when the lower groups stay frozen and augmentation is off,
-    run them once and train only the top), ``logger`` (``csv``, plus ``tensorboard``/``mlflow``),
+    run them once and train only the top), ``train_bn`` (let BatchNorm layers update their running
+    statistics while fine-tuning; off by default: every BN normalises with its running statistics),
+    ``logger`` (``csv``, plus ``tensorboard``/``mlflow``),
     ``accelerator``/``devices``/``dist`` (Lightning's strategy, e.g. ``"ddp"``)/``precision``.
     Loop strategies create the run folder at the start (``config.yaml`` first) and checkpoint every
     epoch into ``RUN/checkpoints``; ``resume=RUN`` continues a killed run with its own settings.
@@ -197,7 +200,7 @@ def fit(
             backbone_lr=backbone_lr, lr_decay=lr_decay, freeze_epochs=freeze_epochs, augment=augment, schedule=schedule,
             label_smoothing=label_smoothing, clip_grad=clip_grad, activation_cache=activation_cache, run_dir=run_dir,
             resume=_resuming(run_dir), logger=logger, accelerator=accelerator, devices=devices, dist=dist, precision=precision,
-            runtime=runtime, cache=cache,
+            runtime=runtime, cache=cache, train_bn=train_bn,
         )
     else:
         head_mod, history = _fit_linear(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience)
@@ -237,6 +240,7 @@ def fit(
         "activation_cache": activation_cache,
         "freeze_epochs": freeze_epochs,
         "lr_decay": lr_decay,
+        "train_bn": train_bn,
         "logger": logger,
         "accelerator": accelerator,
         "devices": devices,
@@ -285,7 +289,7 @@ def fit(
 _RESUME_KEYS = (
     "data", "backbone", "candidates", "strategy", "head", "weights", "val", "test", "seed", "epochs", "lr", "batch_size", "hidden",
     "dropout", "class_weights", "patience", "strict", "cache", "runtime", "text_col", "label_col", "backbone_lr", "unfreeze",
-    "augment", "schedule", "label_smoothing", "clip_grad", "activation_cache", "freeze_epochs", "lr_decay", "logger",
+    "augment", "schedule", "label_smoothing", "clip_grad", "activation_cache", "freeze_epochs", "lr_decay", "train_bn", "logger",
     "accelerator", "devices", "dist", "precision",
 )
 

@@ -247,6 +247,7 @@ def train_classifier(
     label_smoothing: float = 0.0,
     clip_grad: float | None = None,
     train_bn: bool = False,
+    bn_stats_frozen: bool = False,
     start_group: int = 0,
     patience: int | None = None,
     seed: int = 0,
@@ -276,7 +277,8 @@ def train_classifier(
     validation loss. ``backbone_lr`` defaults to ``lr``. ``schedule``: ``cosine`` or
     ``onecycle``, restarted per stage. ``class_weights``: ``K`` loss weights (see
     :func:`headstart.heads.resolve_class_weight` for ``"balanced"``). ``clip_grad``: clip the
-    gradient norm. ``train_bn``: let frozen BatchNorm layers update their statistics.
+    gradient norm. ``train_bn``: let frozen BatchNorm layers update their statistics;
+    ``bn_stats_frozen``: keep every BatchNorm's running statistics (all BN layers in eval mode).
     ``start_group=k``: inputs are the cached activations entering layer group ``k`` (:mod:`.cache`).
     ``patience``: end a stage (the run, for a single stage) after that many epochs without a lower
     ``val_loss`` (needs ``val_loader``). ``max_time``: seconds. ``log_dir``: Lightning's
@@ -320,7 +322,7 @@ def train_classifier(
         backbone, head, lr=lr, backbone_lr=backbone_lr, weight_decay=weight_decay,
         class_weights=class_weights, label_smoothing=label_smoothing, extra_losses=extra_losses,
         group_lrs=[stages[0].group_lrs[i] for i in range(n_groups)] if len(stages[0].group_lrs) == n_groups else None,
-        schedule=schedule, train_bn=train_bn, start_group=start_group,
+        schedule=schedule, train_bn=train_bn, bn_stats_frozen=bn_stats_frozen, start_group=start_group,
     )
     staging = StageCallback(stages, patience=patience, stop_on_plateau=stop_on_plateau)
     best = BestWeights(initial_val_loss if val_loader is not None else None)

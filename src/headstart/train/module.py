@@ -23,7 +23,9 @@ group, so each layer group can have its own learning rate (``group_lrs``, layer-
 
 Frozen BatchNorm: a BatchNorm layer whose affine parameters all have ``requires_grad=False`` is
 kept in eval mode whenever the module is put in train mode, so its running statistics do not move
-(``train_bn=True`` lets them update). The freeze state (``requires_grad`` per parameter) is saved in
+(``train_bn=True`` lets them update). ``bn_stats_frozen=True`` keeps *every* BatchNorm in eval mode
+(running statistics fixed, affine parameters trained): the features the head sees in training are
+then the same function as at inference, which small-batch fine-tuning from a linear probe needs. The freeze state (``requires_grad`` per parameter) is saved in
 every checkpoint and restored on load, before training resumes.
 
 ``start_group=k`` makes the module take the activations entering layer group ``k`` as input
@@ -79,6 +81,7 @@ class ClassifierModule(L.LightningModule):
         group_lrs: Sequence[float] | None = None,
         schedule: str = "cosine",
         train_bn: bool = False,
+        bn_stats_frozen: bool = False,
         start_group: int = 0,
     ):
         super().__init__()
@@ -97,6 +100,7 @@ class ClassifierModule(L.LightningModule):
         self.schedule = schedule
         self.group_lrs = [float(v) for v in group_lrs] if group_lrs is not None else None
         self.train_bn = bool(train_bn)
+        self.bn_stats_frozen = bool(bn_stats_frozen)
         self.start_group = int(start_group)
         self.stage: dict[str, Any] = {}
         self.extra_losses: list[LossTerm] = list(extra_losses)
@@ -131,13 +135,20 @@ class ClassifierModule(L.LightningModule):
     # ------------------------------------------------------------------ train mode and frozen BN
     def train(self, mode: bool = True) -> "ClassifierModule":
         super().train(mode)
-        if mode and not self.train_bn:
-            keep_frozen_batchnorm_eval(self)
+        if mode:
+            self._bn_modes()
         return self
 
-    def on_train_epoch_start(self) -> None:
-        if not self.train_bn:
+    def _bn_modes(self) -> None:
+        if self.bn_stats_frozen:  # every BatchNorm normalises with its running statistics; affine params still train
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        elif not self.train_bn:
             keep_frozen_batchnorm_eval(self)
+
+    def on_train_epoch_start(self) -> None:
+        self._bn_modes()
         self._reset("train")
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
