@@ -80,7 +80,7 @@ def fit(
     lr: float = typer.Option(1e-3),
     batch_size: int = typer.Option(64),
     class_weights: Optional[str] = typer.Option(None, help="'balanced' to weight classes by inverse frequency."),
-    strict: bool = typer.Option(False, help="Fail on the first unreadable image instead of skipping it."),
+    strict: bool = typer.Option(False, help="Fail on the first unreadable image (or bad text row) instead of skipping it."),
     no_cache: bool = typer.Option(False, help="Do not read or write the feature cache."),
     runtime: str = typer.Option("auto", help="Feature extraction runtime: auto | openvino | onnx | torch."),
     overwrite: bool = typer.Option(False, help="Overwrite an existing run folder given with --out."),
