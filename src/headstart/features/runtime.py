@@ -25,7 +25,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -242,10 +242,26 @@ def openvino_runner(backbone: torch.nn.Module, path: Path, sample: torch.Tensor)
 
 def onnx_model(backbone: torch.nn.Module, sample: torch.Tensor, *, fingerprint: str, cache_dir: Path) -> Path:
     """Path of the verified ONNX export of ``backbone``, exporting and verifying it if needed."""
+    return verified_onnx(
+        onnx_path(cache_dir, fingerprint),
+        export=lambda path: _export(backbone, sample, path),
+        verify=lambda path: _compare(backbone, OnnxRunner(path), sample),
+        fingerprint=fingerprint,
+    )
+
+
+def onnx_path(cache_dir: Path, fingerprint: str, prefix: str = "") -> Path:
+    """Where the export of the backbone with ``fingerprint`` lives: keyed by the torch/ORT versions too."""
     import onnxruntime as ort
 
-    stem = f"{fingerprint[:32]}-torch{torch.__version__}-ort{ort.__version__}-opset{OPSET}".replace("+", "_")
-    path = Path(cache_dir) / "onnx" / f"{stem}.onnx"
+    stem = f"{prefix}{fingerprint[:32]}-torch{torch.__version__}-ort{ort.__version__}-opset{OPSET}".replace("+", "_")
+    return Path(cache_dir) / "onnx" / f"{stem}.onnx"
+
+
+def verified_onnx(path: Path, *, export: Callable[[Path], None], verify: Callable[[Path], tuple[float, float]], fingerprint: str) -> Path:
+    """``path``, exported once by ``export(path)`` (atomically) and accepted only if ``verify(path)``
+    gives ``(max abs diff, scale)`` with ``diff <= RTOL * scale``; the verdict is kept beside it
+    (``.json``), so a failed export is not retried on every call (delete the verdict to retry)."""
     verdict_path = path.with_suffix(".json")
     verdict = _read_json(verdict_path)
     if verdict is not None and verdict.get("ok") is False:
@@ -255,8 +271,8 @@ def onnx_model(backbone: torch.nn.Module, sample: torch.Tensor, *, fingerprint: 
         return path
     t0 = time.perf_counter()
     try:
-        _export(backbone, sample, path)
-        diff, scale = _compare(backbone, OnnxRunner(path), sample)
+        export(path)
+        diff, scale = verify(path)
         if not np.isfinite(diff) or diff > RTOL * max(scale, 1e-6):
             raise RuntimeError(f"ONNX Runtime features differ from eager torch: max abs diff {diff:.3g} (scale {scale:.3g})")
     except Exception as e:

@@ -30,7 +30,7 @@ import torch
 from .._io import atomic_path, write_json
 from ..data.dataset import LabeledDataset
 from .cache import FeatureCache, backbone_fingerprint, default_cache_dir, item_keys
-from .runtime import OPSET, RTOL, _device_of, _ov_compiled, _read_json, available_cores
+from .runtime import OPSET, RTOL, _device_of, _ov_compiled, _read_json, available_cores, onnx_path, verified_onnx
 
 logger = logging.getLogger("headstart.features")
 
@@ -134,42 +134,30 @@ class _Export(torch.nn.Module):
 
 def text_onnx_model(backbone, sample: dict[str, torch.Tensor], *, fingerprint: str, cache_dir: Path) -> Path:
     """Path of the verified ONNX export of a text backbone, exporting and verifying it once."""
-    import onnxruntime as ort
+    return verified_onnx(
+        onnx_path(cache_dir, fingerprint, prefix=f"text{EXPORT_VERSION}-"),
+        export=lambda path: _export_text(backbone, sample, path),
+        verify=lambda path: _compare(backbone, TextOnnxRunner(path), sample),
+        fingerprint=fingerprint,
+    )
 
-    stem = f"text{EXPORT_VERSION}-{fingerprint[:32]}-torch{torch.__version__}-ort{ort.__version__}-opset{OPSET}".replace("+", "_")
-    path = Path(cache_dir) / "onnx" / f"{stem}.onnx"
-    verdict_path = path.with_suffix(".json")
-    verdict = _read_json(verdict_path)
-    if verdict is not None and verdict.get("ok") is False:
-        raise RuntimeError(f"an earlier export failed ({verdict.get('reason')}); delete {verdict_path} to retry")
-    if verdict is not None and verdict.get("ok") and path.is_file():
-        return path
-    t0 = time.perf_counter()
-    try:
-        # Batch 2 with padding in one row: tracing a batch without padding lets transformers drop the
-        # attention mask from the graph (its "all ones" shortcut), which is then wrong for padded batches.
-        probe = _with_padding(sample, 2)
-        ids, mask = probe["input_ids"], probe["attention_mask"]
-        axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}, "features": {0: "batch"}}
-        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                _eager_attention(backbone):
-            warnings.simplefilter("ignore")  # exporter chatter; failures still raise
-            torch.onnx.export(_Export(backbone).eval(), (ids, mask), str(tmp), input_names=list(INPUTS), output_names=["features"],
-                              dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False)
-            _fuse_transformer(backbone, tmp)
-        diff, scale = _compare(backbone, TextOnnxRunner(path), sample)
-        if not np.isfinite(diff) or diff > RTOL * max(scale, 1e-6):
-            raise RuntimeError(f"ONNX Runtime features differ from eager torch: max abs diff {diff:.3g} (scale {scale:.3g})")
-    except Exception as e:
-        write_json(verdict_path, {"ok": False, "reason": f"{type(e).__name__}: {e}"[:2000]})
-        path.unlink(missing_ok=True)
-        raise
+
+def _export_text(backbone, sample: dict[str, torch.Tensor], path: Path) -> None:
+    """torch.onnx.export with dynamic batch and token axes, then ORT's transformer fusion; atomic."""
     import gc
 
+    # Batch 2 with padding in one row: tracing a batch without padding lets transformers drop the
+    # attention mask from the graph (its "all ones" shortcut), which is then wrong for padded batches.
+    probe = _with_padding(sample, 2)
+    ids, mask = probe["input_ids"], probe["attention_mask"]
+    axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}, "features": {0: "batch"}}
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            _eager_attention(backbone):
+        warnings.simplefilter("ignore")  # exporter chatter; failures still raise
+        torch.onnx.export(_Export(backbone).eval(), (ids, mask), str(tmp), input_names=list(INPUTS), output_names=["features"],
+                          dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+        _fuse_transformer(backbone, tmp)
     gc.collect()  # the tracer's and optimizer's graphs
-    write_json(verdict_path, {"ok": True, "max_abs_diff": diff, "scale": scale, "fingerprint": fingerprint})
-    logger.info("features: exported text encoder to ONNX in %.1fs (max abs diff vs torch %.2g)", time.perf_counter() - t0, diff)
-    return path
 
 
 @contextlib.contextmanager
