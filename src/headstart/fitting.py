@@ -165,6 +165,8 @@ def fit(
     classes = splits.classes
     cw = _class_weights(splits.train.labels, len(classes)) if class_weights == "balanced" else None
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
+    import os
+
     secondary = _secondary_rank()  # a DDP worker process: trains, writes nothing
     save = save and not secondary
     run_dir = None
@@ -179,6 +181,9 @@ def fit(
         run_dir = new_run_dir(out, name=f"{backbone.replace(':', '_').replace('/', '_')}-{strategy}", overwrite=overwrite)
         out = run_dir
         write_config(run_dir, {"status": "training", "resume_args": resume_args})
+        os.environ["HEADSTART_RUN_DIR"] = str(run_dir.resolve())  # DDP workers (started from this process) use it too
+    elif secondary and trained in LOOP_STRATEGIES and os.environ.get("HEADSTART_RUN_DIR"):
+        run_dir = Path(os.environ["HEADSTART_RUN_DIR"])  # checkpoints are collective: every rank takes part
 
     if trained in LOOP_STRATEGIES and splits.train.modality == "text":
         # Texts: 'finetune' and 'progressive' are one recipe (BERT/ULMFiT): the head on the frozen encoder's
