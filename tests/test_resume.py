@@ -151,7 +151,7 @@ def test_cli_resume_after_kill(tmp_path):
     data = write_folder(tmp_path / "data", {"circle": 60, "square": 60})
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "headstart.cli", "fit", str(data), "-b", "tiny_cnn", "-s", "finetune", "--unfreeze", "all",
-           "--epochs", "12", "--batch-size", "4", "--out", str(run)]
+           "--epochs", "12", "--batch-size", "4", "--patience", "100", "--out", str(run)]
     env = {**ENV, "HEADSTART_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = run / "checkpoints" / "last.ckpt"
