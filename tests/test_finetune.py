@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -17,7 +14,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import headstart
 from headstart.backbones import create_backbone
 from headstart.data import TorchDataset
-from headstart.data.dataset import LabeledDataset
 from headstart.errors import HeadstartError
 from headstart.heads import create_head
 from headstart.train import (
@@ -38,18 +34,9 @@ from headstart.train.recipes import build_plan, choose_auto
 from headstart.train.schedule import StageLR, one_cycle, warmup_cosine
 
 from test_fit import write_folder
+from test_train import _bars
 
 
-def _bars(n: int, seed: int) -> LabeledDataset:
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, n)
-    x = rng.integers(0, 60, (n, 32, 32, 3), dtype=np.uint8)
-    for i, pos in enumerate(rng.integers(4, 28, n)):
-        if y[i]:
-            x[i, :, pos - 2 : pos + 2] = 220
-        else:
-            x[i, pos - 2 : pos + 2, :] = 220
-    return LabeledDataset(items=x, labels=y, classes=["h", "v"], source=f"bars:{seed}")
 
 
 @pytest.fixture(autouse=True)

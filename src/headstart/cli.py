@@ -335,7 +335,7 @@ def _print_ranking(ranking) -> None:
         for s, note in r.notes.items():
             print(f"{r.backbone}: {get_score(s).title} not computed: {note}")
     for s, k in (ranking.kendall or {}).items():
-        tau = f"undefined (needs 2 or more scored backbones with distinct values)" if k["tau"] is None else f"{k['tau']:.3f}"
+        tau = "undefined (needs 2 or more scored backbones with distinct values)" if k["tau"] is None else f"{k['tau']:.3f}"
         p = "" if k["p"] is None else f" (p={k['p']:.3f})"
         print(f"Kendall tau between {get_score(s).title} and CV accuracy over {k['n']} backbones: {tau}{p}")
 

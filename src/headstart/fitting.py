@@ -10,8 +10,8 @@ probe's validation score). The plans live in :mod:`headstart.train.recipes`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -165,8 +165,6 @@ def fit(
     classes = splits.classes
     cw = _class_weights(splits.train.labels, len(classes)) if class_weights == "balanced" else None
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
-    import os
-
     secondary = _secondary_rank()  # a DDP worker process: trains, writes nothing
     save = save and not secondary
     run_dir = None
@@ -336,8 +334,6 @@ def _drop_training_state(run_dir: Path) -> None:
 
 def _secondary_rank() -> bool:
     """True in the worker processes of a multi-process run (Lightning/torchrun set RANK or LOCAL_RANK)."""
-    import os
-
     return any(int(os.environ.get(v, "0") or 0) > 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 

@@ -307,8 +307,12 @@ def _export(backbone: torch.nn.Module, sample: torch.Tensor, path: Path) -> None
 
 
 def _compare(backbone: torch.nn.Module, runner: Runner, sample: torch.Tensor) -> tuple[float, float]:
-    """(max abs difference, max abs eager value) between ``runner`` and eager torch on ``sample``."""
-    x = sample[:8].detach().to("cpu", torch.float32).contiguous()
+    """(max abs difference, max abs eager value) between ``runner`` and eager torch on ``sample[:8]``."""
+    return compare_outputs(backbone, runner, sample[:8].detach().to("cpu", torch.float32).contiguous())
+
+
+def compare_outputs(backbone: torch.nn.Module, runner: Runner, x) -> tuple[float, float]:
+    """(max abs difference, max abs eager value) between ``runner(x)`` and eager ``backbone(x)``."""
     with torch.inference_mode():
         ref = backbone(x).float().numpy()
     got = runner(x)

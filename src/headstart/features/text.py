@@ -30,7 +30,7 @@ import torch
 from .._io import atomic_path, write_json
 from ..data.dataset import LabeledDataset
 from .cache import FeatureCache, backbone_fingerprint, default_cache_dir, item_keys
-from .runtime import OPSET, RTOL, _device_of, _ov_compiled, _read_json, available_cores, onnx_path, verified_onnx
+from .runtime import OPSET, RTOL, _device_of, _ov_compiled, _read_json, available_cores, compare_outputs, onnx_path, verified_onnx
 
 logger = logging.getLogger("headstart.features")
 
@@ -215,13 +215,7 @@ def _with_padding(sample: dict[str, torch.Tensor], rows: int) -> dict[str, torch
 
 
 def _compare(backbone, runner, sample: dict[str, torch.Tensor]) -> tuple[float, float]:
-    x = _with_padding(sample, min(8, max(4, len(sample["input_ids"]))))
-    with torch.inference_mode():
-        ref = backbone(x).float().numpy()
-    got = runner(x)
-    if got.shape != ref.shape:
-        raise RuntimeError(f"{runner.name} output shape {got.shape} != eager {ref.shape}")
-    return float(np.abs(got - ref).max()), float(np.abs(ref).max())
+    return compare_outputs(backbone, runner, _with_padding(sample, min(8, max(4, len(sample["input_ids"])))))
 
 
 def make_text_runner(runtime: str, backbone, sample: dict[str, torch.Tensor], *, fingerprint: str, cache_dir: Path):
