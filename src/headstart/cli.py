@@ -277,8 +277,9 @@ def curve(
     points = dict.fromkeys((r["fraction"], r["labels_per_class"]) for r in res["rows"])
     _print_rows(["fraction", "labels/class", *ms], [{"fraction": str(f), "labels/class": n, **{m: table[(f, m)] for m in ms}} for f, n in points])
     for m, d in res["summary"]["methods"].items():
-        print(f"{m}: target {target_acc:g} reached at {d['labels_per_class_to_target']} labels/class "
-              f"({d['seconds_to_target']} s per fit); all fits {d['total_seconds']} s wall, {d['total_cpu_seconds']} s CPU")
+        n = d["labels_per_class_to_target"]
+        reached = f"reached at {n} labels/class ({d['seconds_to_target']} s per fit)" if n is not None else "not reached at any fraction"
+        print(f"{m}: target {target_acc:g} {reached}; all fits {d['total_seconds']} s wall, {d['total_cpu_seconds']} s CPU")
     print(f"results: {res['out']}")
 
 
