@@ -215,10 +215,14 @@ def make_runner(runtime: str, backbone: torch.nn.Module, sample: torch.Tensor, *
 
 
 def openvino_runner(backbone: torch.nn.Module, path: Path, sample: torch.Tensor) -> OpenVinoRunner:
-    """An :class:`OpenVinoRunner` on the ONNX export at ``path``, whose output was verified against eager torch.
+    """An :class:`OpenVinoRunner` on the ONNX export at ``path``, whose output was verified against eager torch."""
+    return verified_openvino(path, lambda: OpenVinoRunner(path), lambda runner: _compare(backbone, runner, sample))
 
-    The verdict is kept beside the export, per OpenVINO version; a mismatch is remembered and raised.
-    """
+
+def verified_openvino(path: Path, make_runner: Callable[[], Runner], verify: Callable[[Runner], tuple[float, float]]) -> Runner:
+    """``make_runner()`` (OpenVINO on the export at ``path``), accepted once ``verify(runner)`` gives
+    ``(max abs diff, scale)`` with ``diff <= RTOL * scale``. The verdict is kept beside the export, per
+    OpenVINO version; a mismatch is remembered and raised (delete the verdict to retry)."""
     import openvino as ov
 
     version = ov.__version__.split("-")[0]
@@ -226,10 +230,10 @@ def openvino_runner(backbone: torch.nn.Module, path: Path, sample: torch.Tensor)
     verdict = _read_json(verdict_path)
     if verdict is not None and verdict.get("ok") is False:
         raise RuntimeError(f"an earlier check failed ({verdict.get('reason')}); delete {verdict_path} to retry")
-    runner = OpenVinoRunner(path)
+    runner = make_runner()
     if verdict is None or not verdict.get("ok"):
         try:
-            diff, scale = _compare(backbone, runner, sample)
+            diff, scale = verify(runner)
             if not np.isfinite(diff) or diff > RTOL * max(scale, 1e-6):
                 raise RuntimeError(f"OpenVINO features differ from eager torch: max abs diff {diff:.3g} (scale {scale:.3g})")
         except Exception as e:

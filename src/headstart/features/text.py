@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._io import atomic_path, write_json
+from .._io import atomic_path
 from ..data.dataset import LabeledDataset
 from .cache import FeatureCache, backbone_fingerprint, default_cache_dir, item_keys
-from .runtime import OPSET, RTOL, _device_of, _ov_compiled, _read_json, available_cores, compare_outputs, onnx_path, verified_onnx
+from .runtime import OPSET, _device_of, _ov_compiled, available_cores, compare_outputs, onnx_path, verified_onnx, verified_openvino
 
 logger = logging.getLogger("headstart.features")
 
@@ -251,20 +251,8 @@ def make_text_runner(runtime: str, backbone, sample: dict[str, torch.Tensor], *,
 
 
 def _verified_openvino(backbone, path: Path, sample: dict[str, torch.Tensor]) -> TextOpenVinoRunner:
-    import openvino as ov
-
-    verdict_path = path.with_name(f"{path.stem}.openvino{ov.__version__.split('-')[0]}.json")
-    verdict = _read_json(verdict_path)
-    if verdict is not None and verdict.get("ok") is False:
-        raise RuntimeError(f"an earlier check failed ({verdict.get('reason')}); delete {verdict_path} to retry")
-    runner = TextOpenVinoRunner(path, getattr(backbone, "output_name", None) if getattr(backbone, "onnx_path", None) else None)
-    if verdict is None:
-        diff, scale = _compare(backbone, runner, sample)
-        ok = bool(np.isfinite(diff) and diff <= RTOL * max(scale, 1e-6))
-        write_json(verdict_path, {"ok": ok, "max_abs_diff": diff, "scale": scale, "reason": None if ok else "features differ from torch"})
-        if not ok:
-            raise RuntimeError(f"OpenVINO features differ from eager torch: max abs diff {diff:.3g} (scale {scale:.3g})")
-    return runner
+    output_name = getattr(backbone, "output_name", None) if getattr(backbone, "onnx_path", None) else None
+    return verified_openvino(path, lambda: TextOpenVinoRunner(path, output_name), lambda runner: _compare(backbone, runner, sample))
 
 
 #: Tokens per batch, at most (batch x longest text): long texts go in smaller batches, so the runtime's
