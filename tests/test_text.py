@@ -258,8 +258,10 @@ def finetuned_run(tmp_path_factory, tiny_bert):
 
 def test_finetune_progressive_unfreezing(finetuned_run):
     model, run = finetuned_run
-    stages = [row["stage"] for row in _history(run)]
-    assert "head (encoder frozen)" in stages and "progressive unfreezing" in stages
+    rows = _history(run)
+    stages = [(r["stage"], r["stage_name"], r["unfrozen_groups"]) for r in rows]
+    assert stages[0] == ("0", "head (encoder frozen)", "0"), stages  # the head first, on the frozen encoder
+    assert [(st, n) for st, _, n in stages[-2:]] == [("1", "2"), ("2", "4")], stages  # then 2 of 4 groups, then all
     assert model.head.config()["kind"] == "dropout_linear"
     assert model.backbone.provenance.weights_sha256 is None and "+finetune" in model.backbone.provenance.source
 
@@ -271,25 +273,14 @@ def _history(run: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def test_unfreeze_from_top_schedule(tiny_bert):
-    from headstart.text_finetune import UnfreezeFromTop
+def test_unfreeze_from_top_plan():
+    from headstart.text_finetune import unfreeze_from_top_plan
 
-    bb = create_backbone(tiny_bert)
-    cb = UnfreezeFromTop(bb, step=2)
-
-    class T:
-        current_epoch = 0
-
-    cb.on_train_epoch_start(T, None)
-    groups = bb.layer_groups()
-    assert [all(p.requires_grad for p in g.parameters()) for g in groups] == [False, False, True, True]
-    T.current_epoch = 1
-    cb.on_train_epoch_start(T, None)
-    assert all(p.requires_grad for p in bb.parameters())
-    capped = UnfreezeFromTop(bb, step=1, limit=1)
-    T.current_epoch = 5
-    capped.on_train_epoch_start(T, None)
-    assert [all(p.requires_grad for p in g.parameters()) for g in groups] == [False, False, False, True]
+    plan = unfreeze_from_top_plan(4, 2, 1e-3, 2e-5)
+    assert [(s.unfreeze, s.epochs) for s in plan] == [(2, 1), (4, 1)]
+    assert all(s.lr == 1e-3 and s.group_lrs == (2e-5,) * 4 for s in plan)
+    assert [(s.unfreeze, s.epochs) for s in unfreeze_from_top_plan(4, 6, 1e-3, 2e-5, limit=1)] == [(1, 6)]
+    assert [(s.unfreeze, s.epochs) for s in unfreeze_from_top_plan(5, 3, 1e-3, 2e-5)] == [(2, 1), (4, 1), (5, 1)]
 
 
 def test_progressive_strategy_on_texts_is_the_text_recipe(tmp_path, tiny_bert):

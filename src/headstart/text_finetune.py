@@ -8,7 +8,8 @@ The recipe of the BERT / ULMFiT papers, on :func:`headstart.train.train_classifi
    costs one pass over the data, not ``head_epochs`` passes.
 2. **Progressive unfreezing from the top** (Howard & Ruder, 2018, ULMFiT). Encoder and head then
    train together: AdamW with the encoder at ``backbone_lr`` (default :math:`2\cdot10^{-5}`) and
-   the head at ``lr``, linear warm-up then cosine decay (:mod:`headstart.train.module`). With
+   the head at ``lr``, each stage with its own warm-up and cosine decay (a plan of
+   :class:`headstart.train.Stage` s run by the one loop, so the freeze state is checkpointed with it). With
    :math:`G` layer groups ``[embeddings, layer.0 .. layer.N-1, rest]`` and :math:`E` epochs, epoch
    :math:`e` (0-based) trains the top
 
@@ -31,9 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from .errors import HeadstartError
+from .train import Stage
 
 log = logging.getLogger("headstart")
 
@@ -43,23 +44,19 @@ TEXT_BACKBONE_LR = 2e-5
 TEXT_HEAD_DROPOUT = 0.1
 
 
-class UnfreezeFromTop(Callback):
-    """Before epoch ``e``, make the top ``min(G, (e + 1) * step)`` layer groups of ``backbone`` trainable."""
-
-    def __init__(self, backbone: torch.nn.Module, step: int, limit: int | None = None):
-        self.backbone, self.step = backbone, max(1, int(step))
-        self.limit = len(backbone.layer_groups()) if limit is None else int(limit)
-
-    def trainable_groups(self, epoch: int) -> int:
-        return min(len(self.backbone.layer_groups()), self.limit, (epoch + 1) * self.step)
-
-    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        groups = self.backbone.layer_groups()
-        n = self.trainable_groups(trainer.current_epoch)
-        self.backbone.requires_grad_(n >= len(groups))
-        for g in groups[len(groups) - n:]:
-            g.requires_grad_(True)
-        log.info("epoch %d: top %d of %d encoder layer groups trainable", trainer.current_epoch, n, len(groups))
+def unfreeze_from_top_plan(n_groups: int, epochs: int, lr: float, backbone_lr: float, *, limit: int | None = None) -> list[Stage]:
+    """The stages of step 2: epoch ``e`` trains the top ``min(G, limit, (e + 1) * ceil(limit / E))``
+    groups (consecutive epochs with the same count are one stage), every group at ``backbone_lr``."""
+    limit = n_groups if limit is None else int(limit)
+    step = math.ceil(limit / epochs)
+    counts = [min(n_groups, limit, (e + 1) * step) for e in range(epochs)]
+    stages: list[Stage] = []
+    for n in counts:
+        if stages and stages[-1].unfreeze == n:
+            stages[-1] = dataclasses.replace(stages[-1], epochs=stages[-1].epochs + 1)
+        else:
+            stages.append(Stage(f"unfreeze{n}", 1, n, float(lr), (float(backbone_lr),) * n_groups))
+    return stages
 
 
 def text_loaders(backbone, splits, batch_size: int, seed: int) -> tuple[Any, Any]:
@@ -134,13 +131,12 @@ def fit_text_finetune(
     limit = n_groups if unfreeze in (None, "all") else int(unfreeze)
     if not 1 <= limit <= n_groups:
         raise HeadstartError(f"unfreeze must be between 1 and {n_groups} (the layer groups of {bb.name!r}) or 'all'; got {unfreeze!r}.")
-    step = math.ceil(limit / epochs)
+    stages = unfreeze_from_top_plan(n_groups, epochs, lr, TEXT_BACKBONE_LR if backbone_lr is None else backbone_lr, limit=limit)
     was = [(p, p.requires_grad) for p in bb.parameters()]
     try:
         stage2 = train_classifier(
-            bb, head, train_loader, val_loader, epochs=epochs, lr=lr, backbone_lr=TEXT_BACKBONE_LR if backbone_lr is None else backbone_lr,
-            trainable="all", class_weights=cw, patience=patience if val_loader is not None else None, seed=seed,
-            progress=progress, callbacks=[UnfreezeFromTop(bb, step, limit)],
+            bb, head, train_loader, val_loader, lr=lr, stages=stages, class_weights=cw,
+            patience=patience if val_loader is not None else None, seed=seed, progress=progress,
         )
     finally:
         for p, flag in was:
@@ -149,6 +145,7 @@ def fit_text_finetune(
     bb.provenance = dataclasses.replace(bb.provenance, source=f"{bb.provenance.source} +finetune", weights_sha256=None)
     bb.eval()
     head.eval()
-    history = [{**row, "stage": "head (encoder frozen)"} for row in stage1.history]
-    history += [{**row, "stage": "progressive unfreezing", "epoch": len(stage1.history) + row["epoch"]} for row in stage2.history]
+    # One history: stage 0 is the head on the frozen encoder, then the unfreezing stages.
+    history = [{**row, "stage": 0, "stage_name": "head (encoder frozen)", "unfrozen_groups": 0} for row in stage1.history]
+    history += [{**row, "stage": row["stage"] + 1, "epoch": len(stage1.history) + row["epoch"]} for row in stage2.history]
     return head, history
