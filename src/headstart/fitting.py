@@ -10,6 +10,7 @@ probe's validation score). The plans live in :mod:`headstart.train.recipes`.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import platform
@@ -214,41 +215,9 @@ def fit(
     if auto_choice is not None:
         auto_choice.pop("probe", None)
     config = {
+        **copy.deepcopy(resume_args),  # every setting as given (copied: no YAML aliases), with data and backbone as resolved
         "data": str(data) if not hasattr(data, "classes") else splits.train.source,
         "backbone": backbone,
-        "weights": weights,
-        "strategy": strategy,
-        "head": head,
-        "val": val,
-        "test": test,
-        "seed": seed,
-        "epochs": epochs,
-        "lr": lr,
-        "batch_size": batch_size,
-        "hidden": hidden,
-        "dropout": dropout,
-        "class_weights": class_weights,
-        "patience": patience,
-        "strict": strict,
-        "text_col": text_col,
-        "label_col": label_col,
-        "backbone_lr": backbone_lr,
-        "cache": cache,
-        "runtime": runtime,
-        "unfreeze": unfreeze,
-        "augment": augment,
-        "schedule": schedule,
-        "label_smoothing": label_smoothing,
-        "clip_grad": clip_grad,
-        "activation_cache": activation_cache,
-        "freeze_epochs": freeze_epochs,
-        "lr_decay": lr_decay,
-        "train_bn": train_bn,
-        "logger": logger,
-        "accelerator": accelerator,
-        "devices": devices,
-        "dist": dist,
-        "precision": precision,
         "auto": auto_choice,
         "training": loop_info or None,
         "resume_args": resume_args,
