@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +108,7 @@ def test_run_folder_contents(runs, folder, strategy, head):
     meta = json.loads((run / "model.json").read_text())
     assert meta["classes"] == ["circle", "square"]
     assert meta["backbone"]["spec"]["name"] == "tiny_cnn"
+    assert meta["info"]["head"] == meta["head"]["kind"] == model.info["head"]  # the head trained, as saved
 
 
 def test_fit_leaves_nothing_in_the_working_directory(tmp_path, folder, monkeypatch):
@@ -256,6 +259,60 @@ def test_existing_run_is_refused_before_any_work(folder, tmp_path, monkeypatch):
     monkeypatch.setattr("headstart.data.load_splits", no_loading)
     with pytest.raises(RunFolderError, match="already holds a finished run"):
         headstart.fit(folder, backbone="tiny_cnn", out=run)
+
+
+def test_overwrite_removes_the_old_runs_files_and_keeps_the_users(folder, tmp_path):
+    run = tmp_path / "run"
+    headstart.fit(folder, backbone="tiny_cnn", out=run)
+    assert (run / "predictions.csv").is_file() and (run / "report_data.npz").is_file()
+    stale = ["logs/metrics.csv", "checkpoints/last.ckpt", "activations/group1.npy", "plots/old.png"]  # as a killed or other run leaves them
+    for name in stale:
+        (run / name).parent.mkdir(exist_ok=True)
+        (run / name).write_text("old run")
+    (run / "notes.txt").write_text("mine")
+    (run / "mine").mkdir()
+    (run / "mine" / "data.csv").write_text("mine")
+    headstart.fit(folder, backbone="tiny_cnn", head="mlp", out=run, overwrite=True, val=0.0, test=0.0)  # no test split: no predictions
+    for name in [*stale, "predictions.csv", "report_data.npz"]:
+        assert not (run / name).exists(), f"{name} of the old run is still there"
+    assert not (run / "checkpoints").exists() and not (run / "logs").exists()
+    assert (run / "notes.txt").read_text() == "mine" and (run / "mine" / "data.csv").read_text() == "mine"
+    assert headstart.load(run).head.config()["kind"] == "mlp"
+    assert {p.name for p in run.iterdir()} >= {"model.json", "model.safetensors", "config.yaml", "metrics.json", "history.csv", "report.html"}
+
+
+def test_removing_an_old_run_takes_model_json_first(runs, tmp_path, monkeypatch):
+    from headstart.run_folder import remove_run
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["finetune", "logreg"][0], run)
+    (run / "plots").mkdir(exist_ok=True)
+
+    def crash(*args, **kwargs):
+        raise OSError("crash while removing")
+
+    monkeypatch.setattr(shutil, "rmtree", crash)
+    with pytest.raises(OSError, match="crash"):
+        remove_run(run)
+    assert not (run / "model.json").exists()  # what is left does not look like a finished run
+    with pytest.raises(RunFolderError, match=r"has no model\.json"):
+        headstart.load(run)
+
+
+def test_run_files_get_the_permissions_of_a_plain_open(folder, tmp_path):
+    old = os.umask(0o002)  # neither the usual 0o022 nor what mkstemp gives (0600): read at write time, not import time
+    try:
+        with open(tmp_path / "probe", "w"):
+            pass
+        os.mkdir(tmp_path / "probe_dir")
+        headstart.fit(folder, backbone="tiny_cnn", strategy="finetune", out=tmp_path / "run", epochs=1)
+    finally:
+        os.umask(old)
+    want_file, want_dir = (stat.S_IMODE((tmp_path / p).stat().st_mode) for p in ("probe", "probe_dir"))
+    assert want_file == 0o664
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").rglob("*")}
+    assert "run/model.safetensors" in modes and "run/logs/metrics.csv" in modes
+    assert {p: m for p, m in modes.items() if m != (want_dir if (tmp_path / p).is_dir() else want_file)} == {}
 
 
 def test_out_may_be_an_existing_empty_folder(folder, tmp_path):

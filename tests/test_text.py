@@ -266,6 +266,12 @@ def test_finetune_progressive_unfreezing(finetuned_run):
     assert model.backbone.provenance.weights_sha256 is None and "+finetune" in model.backbone.provenance.source
 
 
+def test_text_finetune_info_names_the_head_trained(finetuned_run):
+    model, run = finetuned_run  # asked for the default head (logreg); fine-tuning trains a dropout + linear head
+    meta = json.loads((run / "model.json").read_text(encoding="utf-8"))
+    assert model.info["head"] == meta["info"]["head"] == meta["head"]["kind"] == "dropout_linear"
+
+
 def _history(run: Path) -> list[dict]:
     import csv
 

@@ -6,34 +6,48 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 from typing import Any, Iterator
-
-_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it) ...
-os.umask(_UMASK)  # ... and put back at once
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
-    A crash (or an exception) leaves the previous file or none, never a half-written one.
+    A crash (or an exception) leaves the previous file or none, never a half-written one. The file
+    gets the permissions a plain ``open(path, "w")`` would give it (0666 less the umask), even when
+    the writer replaces the temporary file with one of its own (safetensors' ``save_file`` writes
+    its own 0600 temporary file and renames it over the path it is given).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; a run folder is for sharing
+    tmp_path = _new_temp_file(path)
+    mode = stat.S_IMODE(tmp_path.stat().st_mode)  # what the kernel gave a plain create: 0666 & ~umask
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        if stat.S_IMODE(tmp_path.stat().st_mode) != mode:
+            os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _new_temp_file(path: Path) -> Path:
+    """Create an empty ``.<name>.<random>.tmp`` beside ``path`` the way ``open()`` would (mode 0666,
+    the umask applied by the OS), not with mkstemp's 0600; the name is new (``O_EXCL``)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"Could not create a temporary file beside {path}.")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

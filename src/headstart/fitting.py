@@ -225,7 +225,7 @@ def fit(
         "split_sizes": {k: sum(v.values()) for k, v in splits.summary().items()},
         "versions": _versions(),
     }
-    model.info = {"strategy": strategy, "head": head, "backbone": backbone, "trained_on": splits.train.source}
+    model.info = {"strategy": strategy, "head": head_mod.config()["kind"], "backbone": backbone, "trained_on": splits.train.source}
     metrics: dict[str, Any] = {"strategy": trained, **({"auto": auto_choice} if auto_choice else {}), "classes": classes, "counts": splits.summary(), "problems": [str(p) for ds in (splits.train, splits.val, splits.test) if ds is not None for p in ds.problems]}
     if ranking is not None:  # why this backbone; the report renders metrics["backbone_ranking"]
         config["backbone_selection"] = {"requested": "auto", "candidates": [r.backbone for r in ranking.rows], "score": ranking.score_name}

@@ -14,8 +14,21 @@ from ._io import write_json, write_text
 from .errors import RunFolderError
 
 
-def new_run_dir(out: str | Path | None, *, name: str, root: str | Path = "runs", overwrite: bool = False) -> Path:
-    """``out`` if given (refusing to overwrite a finished run unless asked), else ``runs/<name>-<time>``."""
+#: What headstart writes into a run folder (``fit``: model.py, this module, evaluate/report.py and
+#: run_data.py, the training loop's folders in train/; ``backbone/`` holds a text run's tokenizer and
+#: config). ``model.json`` marks a finished run. curve.csv/curve.json are not
+#: here: ``headstart curve --out RUN`` adds them to a run on purpose, and they describe the data.
+RUN_FILES = ("model.json", "config.yaml", "model.safetensors", "metrics.json", "history.csv", "predictions.csv",
+             "report.html", "report.md", "report_data.npz")
+RUN_DIRS = ("plots", "checkpoints", "activations", "logs", "backbone")
+
+
+def new_run_dir(out: str | Path | None, *, name: str, root: str | Path = "runs", overwrite: bool = False, add: bool = False) -> Path:
+    """``out`` if given, else ``runs/<name>-<time>``.
+
+    A finished run in ``out`` is refused unless ``overwrite`` (its files are then removed first, see
+    :func:`remove_run`) or ``add`` (it is kept, and the caller adds files to it: a curve of a run).
+    """
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = Path(root) / f"{name}-{stamp}"
@@ -24,7 +37,10 @@ def new_run_dir(out: str | Path | None, *, name: str, root: str | Path = "runs",
             n += 1
             out = Path(root) / f"{name}-{stamp}-{n}"
     out = Path(out)
-    check_run_dir(out, overwrite=overwrite)
+    if not add:
+        check_run_dir(out, overwrite=overwrite)
+        if (out / "model.json").exists():  # overwrite: the new run must not inherit the old one's files
+            remove_run(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -33,6 +49,19 @@ def check_run_dir(out: str | Path | None, *, overwrite: bool = False) -> None:
     """Refuse an ``out`` that already holds a finished run, unless ``overwrite``: call it before any work."""
     if out is not None and (Path(out) / "model.json").exists() and not overwrite:
         raise RunFolderError(f"{str(out)!r} already holds a finished run; choose another --out or pass --overwrite.")
+
+
+def remove_run(run_dir: str | Path) -> None:
+    """Remove the files and folders headstart writes in ``run_dir`` (:data:`RUN_FILES`, :data:`RUN_DIRS`), and
+    nothing else. ``model.json`` goes first: a crash part-way leaves a folder that does not look finished."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for name in RUN_DIRS:
+        if (run_dir / name).is_dir() and not (run_dir / name).is_symlink():  # a link or a file of that name is not ours
+            shutil.rmtree(run_dir / name)
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:

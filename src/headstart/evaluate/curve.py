@@ -147,7 +147,7 @@ def transfer_curve(
     splits = load_splits(data, val=val, test=test, seed=0, n_per_class=n_per_class)
     if splits.test is None or not len(splits.test):
         raise HeadstartError("The data has no test split to measure the curve on; give --test > 0 or a folder with a test/ folder.")
-    out_dir = new_run_dir(out, name="curve", overwrite=True)  # may be a run folder: its report then shows the curve
+    out_dir = new_run_dir(out, name="curve", add=True)  # may be a run folder, kept: its report then shows the curve
     settings = {"backbone": backbone, "scratch_backbone": scratch_backbone}
     rows: list[dict[str, Any]] = []
     for f in fr:
