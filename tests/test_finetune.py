@@ -31,6 +31,7 @@ from headstart.train import (
 from headstart.train.augment import Augment
 from headstart.train.cache import cache_activations
 from headstart.train.recipes import build_plan, choose_auto
+from headstart.train.selection import Score
 from headstart.train.schedule import StageLR, one_cycle, warmup_cosine
 
 from test_fit import write_folder
@@ -202,10 +203,11 @@ def test_augmentation_presets_match_the_preprocessing():
 # --- fit with every strategy ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,stages", [
-    ({"strategy": "finetune"}, {"head_warmup", "unfreeze_all"}),
+    ({"strategy": "finetune"}, {"unfreeze_all"}),  # head_warmup: the probe replaces it
     ({"strategy": "finetune", "unfreeze": "all", "augment": "light", "schedule": "onecycle", "label_smoothing": 0.1, "clip_grad": 1.0}, {"unfreeze_all"}),
-    ({"strategy": "progressive", "patience": None}, {"head", "unfreeze1", "unfreeze2"}),
-    ({"strategy": "progressive", "unfreeze": 1, "class_weights": "balanced"}, {"head", "unfreeze1"}),
+    ({"strategy": "progressive", "patience": None}, {"unfreeze1", "unfreeze2"}),
+    ({"strategy": "progressive", "unfreeze": 1, "class_weights": "balanced"}, {"unfreeze1"}),
+    ({"strategy": "progressive", "head": "mlp", "patience": None}, {"unfreeze1", "unfreeze2"}),
 ])
 def test_fit_strategies(folder, tmp_path, kwargs, stages):
     run = tmp_path / "run"
@@ -270,7 +272,7 @@ def test_start_weights_are_kept_unless_an_epoch_beats_them():
     bb = create_backbone("tiny_cnn")
     head = create_head("linear", bb.num_features, 2)
     start = {k: v.clone() for k, v in {**bb.state_dict(), **head.state_dict()}.items()}
-    res = train_classifier(bb, head, train, val, stages=finetune_plan(2, 2, 2, 1e-2), initial_val_loss=-1.0)  # unbeatable
+    res = train_classifier(bb, head, train, val, stages=finetune_plan(2, 2, 2, 1e-2), initial=Score(1.0, -1.0, 32))  # unbeatable
     assert res.best_epoch == -1 and len(res.history) == 2
     for k, v in {**bb.state_dict(), **head.state_dict()}.items():
         assert torch.equal(v, start[k]), k

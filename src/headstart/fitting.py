@@ -11,6 +11,7 @@ probe's validation score). The plans live in :mod:`headstart.train.recipes`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import platform
@@ -82,6 +83,8 @@ def fit(
     devices: int | str = 1,
     dist: str = "auto",
     precision: str | None = None,
+    image_size: int | str = "auto",
+    time_limit: float | None = None,
     resume: str | Path | None = None,
 ):
     """Train a classifier on ``data`` by transfer from ``backbone``; write the run folder; return the Model.
@@ -123,6 +126,9 @@ def fit(
     """
     if resume is not None:
         return _resume(resume, progress=progress, data=data)
+    from .train.budget import Budget
+
+    budget = Budget(time_limit)  # the whole call counts, backbone ranking and the report included
     from .backbones import create_backbone
     from .data import load_splits
     from .evaluate.metrics import classification_metrics
@@ -163,6 +169,9 @@ def fit(
             f"The data holds {kind}s but backbone {backbone!r} is {'an image' if kind == 'text' else 'a text'} backbone. "
             f"Fix: pass a {kind} backbone with --backbone (see 'headstart backbones --modality {kind}')."
         )
+    if splits.train.modality == "image":
+        bb.preprocessing = dataclasses.replace(bb.preprocessing, input_size=(size := resolve_image_size(image_size, bb, splits.train),) * 2)
+        log.info("input size %d px (%s)", size, "auto" if image_size == "auto" else "set")
     classes = splits.classes
     cw = _class_weights(splits.train.labels, len(classes)) if class_weights == "balanced" else None
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
@@ -172,8 +181,9 @@ def fit(
     loop_info: dict[str, Any] = {}
     auto_choice = None
     if strategy == "auto":
-        auto_choice = _auto(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience)
+        auto_choice = _auto(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience, budget)
         log.info("auto chose %s because %s", auto_choice["strategy"], auto_choice["reason"])
+        epochs = auto_choice.get("epochs", epochs)
     trained = auto_choice["strategy"] if auto_choice is not None else strategy
     if save and trained in LOOP_STRATEGIES and splits.train.modality != "text":
         # A resumable run: its folder and config.yaml exist before the first epoch.
@@ -204,7 +214,8 @@ def fit(
             backbone_lr=backbone_lr, lr_decay=lr_decay, freeze_epochs=freeze_epochs, augment=augment, schedule=schedule,
             label_smoothing=label_smoothing, clip_grad=clip_grad, activation_cache=activation_cache, run_dir=run_dir,
             resume=_resuming(run_dir), logger=logger, accelerator=accelerator, devices=devices, dist=dist, precision=precision,
-            runtime=runtime, cache=cache, train_bn=train_bn,
+            runtime=runtime, cache=cache, train_bn=train_bn, max_time=budget.left(_reserve_seconds(splits, timings, budget)),
+            probe=auto_choice.pop("probe_score", None) if auto_choice is not None else None,
         )
     else:
         head_mod, history = _fit_linear(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience)
@@ -233,7 +244,7 @@ def fit(
     eval_ds = splits.test if splits.test is not None and len(splits.test) else splits.val
     if eval_ds is not None and len(eval_ds):
         t = time.perf_counter()
-        proba = model.predict_proba(eval_ds, batch_size=batch_size, runtime=runtime, cache=cache and trained == "linear")
+        proba = model.predict_proba(eval_ds, batch_size=batch_size, runtime=runtime, cache=cache and (trained == "linear" or loop_info.get("best_epoch") == -1))  # an unchanged backbone: its cached features
         timings["predict"] = time.perf_counter() - t
         split_name = "test" if eval_ds is splits.test else "val"
         metrics[split_name] = classification_metrics(eval_ds.labels, proba, classes)
@@ -262,8 +273,35 @@ _RESUME_KEYS = (
     "data", "backbone", "candidates", "strategy", "head", "weights", "val", "test", "seed", "epochs", "lr", "batch_size", "hidden",
     "dropout", "class_weights", "patience", "strict", "cache", "runtime", "text_col", "label_col", "backbone_lr", "unfreeze",
     "augment", "schedule", "label_smoothing", "clip_grad", "activation_cache", "freeze_epochs", "lr_decay", "train_bn", "logger",
-    "accelerator", "devices", "dist", "precision",
+    "accelerator", "devices", "dist", "precision", "image_size", "time_limit",
 )
+
+
+def resolve_image_size(image_size: int | str, bb: Any, train: Any) -> int:
+    """The side, in pixels, that images are resized to for ``bb``.
+
+    ``"auto"``: the backbone's own size, unless the images are much smaller: then
+    ``AUTO_SIZE_FACTOR`` times their native short side (at least ``AUTO_MIN_SIZE``), rounded up to a
+    multiple of 16, so a 28-px image is not blown up to 224 px (64 times the pixels it has).
+    """
+    default = int(bb.preprocessing.input_size[0])
+    if image_size == "auto":
+        native = train.native_size()
+        if native is None:
+            return default
+        return min(default, max(AUTO_MIN_SIZE, -(-AUTO_SIZE_FACTOR * native // 16) * 16))
+    try:
+        size = int(image_size)
+    except (TypeError, ValueError):
+        size = 0
+    if size < 16:
+        raise HeadstartError(f"The 'image_size' parameter must be 'auto' or a whole number of pixels >= 16; got {image_size!r}.")
+    return size
+
+
+# Measured (benchmarks/strategies.py, EfficientNet-Lite0 on 28-px MNIST and BreastMNIST): see the README.
+AUTO_SIZE_FACTOR = 4
+AUTO_MIN_SIZE = 64
 
 
 def _resume(run: str | Path, *, progress: bool, data: Any = None):
@@ -306,29 +344,71 @@ def _secondary_rank() -> bool:
     return any(int(os.environ.get(v, "0") or 0) > 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
-def _auto(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience) -> dict[str, Any]:
-    """Fit the linear probe, then choose: ``{"strategy", "reason", "probe_val_acc", "probe": (head, history)}``."""
+def _auto(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience, budget) -> dict[str, Any]:
+    """Fit the probe, then choose: ``{"strategy", "reason", "probe_val_acc", "probe": (head, history), ...}``.
+
+    Fine-tuning starts from this probe and keeps it unless an epoch beats it on validation
+    (:mod:`headstart.train.selection`), so without a time limit ``auto`` does not lose to the probe on
+    validation. With one, it fine-tunes only if at least one epoch fits in what is left.
+    """
+    from .train.budget import epoch_seconds
     from .train.freeze import num_groups
     from .train.recipes import choose_auto
 
     probe = _fit_linear(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience)
-    acc = None
+    score = None
     if splits.val is not None and len(splits.val):
         from .features import extract_features
 
         x_val = extract_features(bb, splits.val, batch_size=batch_size, runtime=runtime, cache=cache, progress=False)
-        acc = _head_acc(probe[0], x_val, splits.val.labels)
+        score = _head_score(probe[0], x_val, splits.val.labels, cw)
     per_class = int(np.bincount(splits.train.labels, minlength=len(splits.classes)).min())
-    strategy, reason = choose_auto(per_class, acc, num_groups(bb))
-    return {"strategy": strategy, "reason": reason, "probe_val_acc": acc, "min_train_per_class": per_class, "probe": probe}
+    strategy, reason = choose_auto(per_class, score.acc if score else None, num_groups(bb))
+    out = {"strategy": strategy, "reason": reason, "probe_val_acc": score.acc if score else None, "min_train_per_class": per_class, "probe": probe}
+    left = budget.left(_reserve_seconds(splits, timings, budget))
+    if strategy != "linear" and left is not None:
+        t = time.perf_counter()
+        n_val = len(splits.val) if splits.val is not None else 0
+        per_epoch = epoch_seconds(bb, probe[0], (3, *bb.preprocessing.input_size), len(splits.train), n_val, batch_size=batch_size)
+        left = max(0.0, left - (time.perf_counter() - t))
+        fits = int(left // per_epoch) if per_epoch > 0 else epochs
+        out.update({"time_left_s": round(left, 1), "epoch_estimate_s": round(per_epoch, 1)})
+        if fits < 1:
+            out.update(strategy="linear", reason=f"{reason}, but one fine-tuning epoch takes about {per_epoch:.0f} s and {left:.0f} s of the time limit are left")
+        else:
+            out.update(epochs=min(epochs, fits), reason=f"{reason}; {min(epochs, fits)} epoch(s) of about {per_epoch:.0f} s fit in the {left:.0f} s left of the time limit")
+    if out["strategy"] != "linear" and score is not None:
+        out["probe_score"] = (probe[0], score)  # fine-tuning starts from this probe (not fit twice)
+    return out
 
 
-def _head_acc(head_mod, x, y) -> float:
+def _reserve_seconds(splits, timings: dict[str, float], budget) -> float:
+    """Seconds to keep, under a time limit, for what follows training: predicting the evaluation split
+    with the trained backbone (export and verification included) and writing the report; at most a
+    quarter of the limit."""
+    n_eval = len(splits.test) if splits.test is not None and len(splits.test) else (len(splits.val) if splits.val is not None else 0)
+    n_feat = len(splits.train) + (len(splits.val) if splits.val is not None else 0)
+    per_item = timings.get("features", 0.0) / max(n_feat, 1)
+    return min(0.25 * (budget.limit or 0.0), RESERVE_FIXED_S + RESERVE_EVAL_FACTOR * per_item * n_eval)
+
+
+# Measured on the 2-core CPU, EfficientNet-Lite0 fine-tuned at 112 px: exporting and verifying the
+# fine-tuned backbone plus the report took 8-14 s; predicting a split costs about twice the probe's
+# extraction rate (a fresh export is compiled once, not cached).
+RESERVE_FIXED_S = 15.0
+RESERVE_EVAL_FACTOR = 2.0
+
+
+def _head_score(head_mod, x, y, cw=None):
     import torch
+
+    from .train.selection import Score
 
     with torch.no_grad():
         logits = head_mod.eval()(torch.as_tensor(np.asarray(x), dtype=torch.float32))
-    return float((logits.argmax(1).numpy() == np.asarray(y)).mean())
+        yt = torch.as_tensor(np.asarray(y))
+        loss = float(torch.nn.functional.cross_entropy(logits, yt, weight=None if cw is None else torch.as_tensor(cw, dtype=torch.float32)))
+    return Score(float((logits.argmax(1) == yt).float().mean()), loss, len(yt))
 
 
 def _class_weights(labels: np.ndarray, k: int) -> np.ndarray:

@@ -72,6 +72,25 @@ class LabeledDataset:
             return Image.fromarray(np.ascontiguousarray(self.items[i])).convert("RGB")
         return open_image(self.items[i])
 
+    def native_size(self, sample: int = 64) -> int | None:
+        """The median short side, in pixels, of the images (a seeded sample of ``sample`` files, read
+        from their headers only); ``None`` for texts or when no sampled file can be read."""
+        if self.modality == "text" or not len(self):
+            return None
+        if self.in_memory:
+            return int(min(self.items.shape[1:3]))
+        from PIL import Image
+
+        idx = np.random.default_rng(0).permutation(len(self))[:sample]
+        sides = []
+        for i in idx:
+            try:
+                with Image.open(self.items[i]) as im:  # lazy: the header only
+                    sides.append(min(im.size))
+            except OSError:
+                continue
+        return int(np.median(sides)) if sides else None
+
     def item_bytes(self, i: int) -> bytes:
         """The raw content of item ``i``, for content-keyed caches (a text: its UTF-8 bytes)."""
         if self.modality == "text":

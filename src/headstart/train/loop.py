@@ -7,7 +7,7 @@ never a loop of its own. What this adds to a plain ``Trainer.fit``:
   them, with torch's global determinism flags and ``CUBLAS_WORKSPACE_CONFIG`` restored afterwards;
 * freezing (``trainable="head"``): backbone ``requires_grad=False`` and its BatchNorm layers kept
   in eval mode; the caller's ``requires_grad`` flags are restored at the end;
-* the best weights by validation loss kept in memory (:class:`BestWeights`, a Lightning
+* the best weights by validation accuracy and loss (:mod:`.selection`) kept in memory (:class:`BestWeights`, a Lightning
   ``Checkpoint`` that writes nothing itself; they also travel in the resume checkpoints) and
   restored at the end; early stopping on ``val_loss``;
 * training plans of stages (:mod:`.strategies`: finetune, progressive, the default recipe) run by
@@ -44,6 +44,7 @@ from ..errors import HeadstartError
 from .checkpoint import AtomicCheckpointIO, LastCheckpoint, last_checkpoint
 from .freeze import num_groups, trainable_group_count
 from .module import ClassifierModule, LossTerm
+from .selection import Score, better, why
 from .strategies import Stage, StageCallback
 
 log = logging.getLogger(__name__)
@@ -85,28 +86,33 @@ class TrainResult:
     stopped_early: bool = False
     global_rank: int = 0
     stages: list[dict] = field(default_factory=list)
+    kept: str = ""
 
 
 class BestWeights(Checkpoint):
-    """Keeps the weights of the epoch with the lowest ``val_loss`` in memory (CPU) and the history rows.
+    """Keeps the weights of the best epoch in memory (CPU) and the history rows.
 
-    A ``Checkpoint`` so that Lightning runs it after ``LightningModule.on_train_epoch_end`` (where the
-    epoch's metrics are finished) and after early stopping; it writes no file.
+    Best: by validation accuracy and loss together (:func:`.selection.better`); without validation,
+    the last epoch. ``initial`` scores the starting weights (e.g. the linear probe's head): they are
+    the incumbent (epoch -1) until an epoch beats them. ``reason`` says, at the end, which weights
+    were kept and why. A ``Checkpoint`` so that Lightning runs it after
+    ``LightningModule.on_train_epoch_end`` (where the epoch's metrics are finished) and after early
+    stopping; it writes no file.
     """
 
-    def __init__(self, initial_val_loss: float | None = None) -> None:
-        self.initial_val_loss = initial_val_loss
+    def __init__(self, initial: Score | None = None) -> None:
+        self.initial = initial
         self.history: list[dict] = []
         self.best_epoch: int | None = None
         self.best_val_loss: float | None = None
+        self.best_score: Score | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self._t0 = 0.0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # A known validation loss of the starting weights (e.g. the linear probe's): they are the
-        # best so far (epoch -1) until an epoch beats them. Not again on resume (the state has it).
-        if self.initial_val_loss is not None and self.best_epoch is None and not self.history:
-            self.best_epoch, self.best_val_loss = -1, float(self.initial_val_loss)
+        # Not again on resume (the state has it).
+        if self.initial is not None and self.best_epoch is None and not self.history:
+            self.best_epoch, self.best_val_loss, self.best_score = -1, float(self.initial.loss), self.initial
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -132,17 +138,38 @@ class BestWeights(Checkpoint):
         log.info("epoch %d: %s", row["epoch"], ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
         if row["val_loss"] is None:
             self.best_epoch = row["epoch"]  # no validation: the last epoch is the result
-        elif self.best_val_loss is None or row["val_loss"] < self.best_val_loss:
-            self.best_epoch, self.best_val_loss = row["epoch"], row["val_loss"]
+            return
+        score = Score(float(row["val_acc"]), float(row["val_loss"]), int(m.get("val_n", 1)))
+        if self.best_score is None or better(score, self.best_score):
+            self.best_epoch, self.best_val_loss, self.best_score = row["epoch"], score.loss, score
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
+
+    @property
+    def reason(self) -> str:
+        """Which weights were kept and why, against the starting weights (or the last epoch)."""
+        if self.best_score is None or not self.history:
+            return "no validation: kept the last epoch" if self.history else "no epoch ran"
+        best = f"epoch {self.best_epoch}" if self.best_epoch != -1 else "the starting weights (linear probe)"
+        if self.initial is not None and self.best_epoch != -1:
+            return why(self.best_score, self.initial, new_name=best, old_name="the starting weights (linear probe)")
+        rows = [r for r in self.history if r["val_loss"] is not None and r["epoch"] != self.best_epoch]
+        if not rows:
+            return f"kept {best}: the only scored weights"
+        last = rows[-1]
+        other = Score(float(last["val_acc"]), float(last["val_loss"]), self.best_score.n)
+        return why(self.best_score, other, new_name=best, old_name=f"epoch {last['epoch']}")
 
     def state_dict(self) -> dict[str, Any]:
         # The best weights travel in the checkpoint: a resumed run still ends on the best epoch's weights.
-        return {"best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss, "history": copy.deepcopy(self.history), "best_state": self.best_state}
+        score = None if self.best_score is None else [self.best_score.acc, self.best_score.loss, self.best_score.n]
+        return {"best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss, "best_score": score,
+                "history": copy.deepcopy(self.history), "best_state": self.best_state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_epoch = state_dict.get("best_epoch")
         self.best_val_loss = state_dict.get("best_val_loss")
+        score = state_dict.get("best_score")
+        self.best_score = Score(float(score[0]), float(score[1]), int(score[2])) if score else None
         self.history = list(state_dict.get("history", []))
         self.best_state = state_dict.get("best_state")
 
@@ -260,7 +287,7 @@ def train_classifier(
     dist: str = "auto",
     precision: str | None = None,
     sync_batchnorm: bool = False,
-    initial_val_loss: float | None = None,
+    initial: Score | None = None,
     progress: bool = False,
     max_time: float | None = None,
     extra_losses: Sequence[LossTerm] = (),
@@ -286,9 +313,10 @@ def train_classifier(
     write ``last.ckpt`` there after every epoch (atomically); ``resume=True`` continues from it.
     ``accelerator``/``devices``/``dist``/``precision``: Lightning's ``Trainer`` arguments
     (``dist`` is its ``strategy``, e.g. ``"ddp"``); ``sync_batchnorm``: BatchNorm statistics over all
-    processes (plain ``BatchNorm`` layers; converted back after training). ``initial_val_loss``:
-    the validation loss of the starting weights (e.g. a linear probe's); they are kept
-    (``best_epoch == -1``) unless an epoch beats them.
+    processes (plain ``BatchNorm`` layers; converted back after training). ``initial``:
+    the validation :class:`~.selection.Score` of the starting weights (e.g. a linear probe's); they
+    are kept (``best_epoch == -1``) unless an epoch beats them by :func:`~.selection.better`, the rule
+    that also picks the best epoch.
     ``extra_losses``/``callbacks``: loss terms and Lightning callbacks of the methods built on
     this loop. See :mod:`.module` for the loss, optimiser and schedule.
     """
@@ -325,7 +353,7 @@ def train_classifier(
         schedule=schedule, train_bn=train_bn, bn_stats_frozen=bn_stats_frozen, start_group=start_group,
     )
     staging = StageCallback(stages, patience=patience, stop_on_plateau=stop_on_plateau)
-    best = BestWeights(initial_val_loss if val_loader is not None else None)
+    best = BestWeights(initial if val_loader is not None else None)
     cbs: list[Callback] = [*callbacks, staging, best]
     ckpt_path = None
     if checkpoint_dir is not None:
@@ -367,7 +395,7 @@ def train_classifier(
     return TrainResult(
         history=best.history, best_epoch=best.best_epoch, best_val_loss=best.best_val_loss,
         seconds=time.perf_counter() - t_start, steps=int(trainer.global_step), stopped_early=bool(staging.stopped_early),
-        global_rank=int(trainer.global_rank), stages=[s.to_dict() for s in stages],
+        global_rank=int(trainer.global_rank), stages=[s.to_dict() for s in stages], kept=best.reason,
     )
 
 

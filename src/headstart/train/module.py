@@ -188,8 +188,8 @@ class ClassifierModule(L.LightningModule):
             s = self.trainer.strategy.reduce(s, reduce_op="sum")  # exact global means under DDP
         loss_sum, correct, n = s.tolist()
         metrics = {f"{stage}_loss": loss_sum / max(n, 1.0), f"{stage}_acc": correct / max(n, 1.0)}
-        self.epoch_metrics.update(metrics)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        self.epoch_metrics.update(metrics, **{f"{stage}_n": int(n)})
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]

@@ -21,6 +21,7 @@ with the statistics fixed it stayed near 0.2.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -30,6 +31,7 @@ from typing import Any
 from ..errors import HeadstartError
 from .augment import Augment
 from .freeze import num_groups, resolve_unfreeze
+from .selection import Score
 from .strategies import Stage, finetune_plan, frozen_prefix, progressive_plan, recipe_plan
 
 log = logging.getLogger("headstart")
@@ -91,8 +93,13 @@ def fit_in_loop(
     activation_cache: bool = True, run_dir: Path | None = None, resume: bool = False, logger: str = "csv",
     accelerator: str = "auto", devices: int | str = 1, dist: str = "auto", precision: str | None = None,
     num_workers: int = 0, head_init: str = "probe", runtime: str = "auto", cache: bool = True, train_bn: bool = False,
+    max_time: float | None = None, probe: tuple[Any, Score] | None = None,
 ) -> tuple[Any, list[dict], dict[str, Any]]:
-    """Train ``bb`` + a new head on ``splits`` with the plan of ``strategy``; return ``(head, history, info)``."""
+    """Train ``bb`` + a new head on ``splits`` with the plan of ``strategy``; return ``(head, history, info)``.
+
+    ``probe``: a ``(head, validation Score)`` already fit on the frozen features (``auto``'s), used
+    as the starting head instead of fitting it again. ``max_time``: seconds for the loop.
+    """
     from ..data import TorchDataset
     from ..heads import create_head
     from .cache import cache_activations, can_split
@@ -113,11 +120,18 @@ def fit_in_loop(
     stages, stop_on_plateau = build_plan(strategy, G, epochs=epochs, lr=lr, unfreeze=unfreeze, backbone_lr=backbone_lr, lr_decay=lr_decay, freeze_epochs=freeze_epochs)
     aug = augment if isinstance(augment, Augment) else _augment(augment)
     kind = "linear" if head == "logreg" else "mlp"
-    head_mod = create_head(kind, bb.num_features, len(splits.classes), hidden=hidden, dropout=dropout)
     has_val = splits.val is not None and len(splits.val) > 0
-    k = frozen_prefix(stages, G)
-    use_cache = activation_cache and aug.is_identity and k > 0 and can_split(bb, k)
-    info: dict[str, Any] = {"stages": [s.to_dict() for s in stages], "augment": aug.to_dict(), "activation_cache": None}
+    info: dict[str, Any] = {"augment": aug.to_dict(), "activation_cache": None}
+    if head_init == "probe":
+        # The head fit on the frozen features (logistic regression, or the MLP trained on cached features)
+        # is what the plan's head-only stages would train, with the backbone run every step: drop them.
+        skipped = [s.name for s in _leading_head_stages(stages)]
+        stages = stages[len(skipped):]
+        if skipped:
+            info["skipped_stages"] = {"stages": skipped, "why": f"the {kind} head was fit on cached features instead"}
+    info["stages"] = [s.to_dict() for s in stages]
+    k = frozen_prefix(stages, G) if stages else G
+    use_cache = bool(stages) and activation_cache and aug.is_identity and k > 0 and can_split(bb, k)
     t = time.perf_counter()
     eval_tf = bb.preprocessing.transform()
     if use_cache:
@@ -132,12 +146,25 @@ def fit_in_loop(
             log.info("activation cache off: augmentation %r changes the frozen part's input every epoch", aug.name)
         train_ds = TorchDataset(splits.train, aug.transform(bb.preprocessing))
         val_ds = TorchDataset(splits.val, eval_tf) if has_val else None
-    if head_init == "probe" and kind == "linear":
+    initial = None
+    if head_init == "probe" and probe is not None:
+        head_mod, initial = copy.deepcopy(probe[0]).train(), probe[1]
+        info["head_init"] = {"from": "linear probe (LP-FT), fit by auto", "probe_val_acc": initial.acc, "probe_val_loss": initial.loss}
+    elif head_init == "probe":
         t = time.perf_counter()
-        head_mod, acc, probe_val_loss = _probe_head(bb, splits, train_ds if use_cache else None, val_ds if use_cache else None, k if use_cache else 0,
-                                    seed=seed, class_weights=class_weights, batch_size=batch_size, runtime=runtime, cache=cache)
-        info["head_init"] = {"from": "linear probe (LP-FT)", "probe_val_acc": acc, "probe_val_loss": probe_val_loss, "seconds": round(time.perf_counter() - t, 3)}
+        head_mod, score = _probe_head(bb, splits, train_ds if use_cache else None, val_ds if use_cache else None, k if use_cache else 0, kind=kind,
+                                      seed=seed, class_weights=class_weights, batch_size=batch_size, runtime=runtime, cache=cache, hidden=hidden, dropout=dropout)
+        initial = score
+        info["head_init"] = {"from": "linear probe (LP-FT)" if kind == "linear" else "MLP head trained on cached features",
+                             **({"probe_val_acc": score.acc, "probe_val_loss": score.loss} if score else {}), "seconds": round(time.perf_counter() - t, 3)}
         timings["probe"] = time.perf_counter() - t
+    else:
+        head_mod = create_head(kind, bb.num_features, len(splits.classes), hidden=hidden, dropout=dropout)
+    if not stages:
+        log.info("the plan trains no backbone layer group: the head fit on the frozen features is the result")
+        info.update({"steps": 0, "best_epoch": -1, "kept": "the head fit on frozen features (no backbone stage in the plan)"})
+        bb.eval()
+        return head_mod.eval(), [], info
     train_loader = make_loader(train_ds, batch_size, shuffle=True, seed=seed, num_workers=num_workers)
     val_loader = make_loader(val_ds, batch_size, shuffle=False, num_workers=num_workers) if val_ds is not None else None
     t = time.perf_counter()
@@ -145,15 +172,15 @@ def fit_in_loop(
         bb, head_mod, train_loader, val_loader, lr=lr, stages=stages, stop_on_plateau=stop_on_plateau, schedule=schedule,
         class_weights=class_weights, label_smoothing=label_smoothing, clip_grad=clip_grad, start_group=k if use_cache else 0,
         bn_stats_frozen=not train_bn, train_bn=train_bn,
-        patience=patience if has_val else None, seed=seed, progress=progress, initial_val_loss=info.get("head_init", {}).get("probe_val_loss"),
+        patience=patience if has_val else None, seed=seed, progress=progress, initial=initial,
         log_dir=run_dir / "logs" if run_dir is not None else None, logger=logger,
         checkpoint_dir=run_dir / "checkpoints" if run_dir is not None else None, resume=resume,
-        accelerator=accelerator, devices=devices, dist=dist, precision=precision,
+        accelerator=accelerator, devices=devices, dist=dist, precision=precision, max_time=max_time,
     )
     timings["train"] = time.perf_counter() - t
-    if result.best_epoch == -1:
-        log.info("no epoch beat the linear probe on validation: keeping the probe and the pretrained backbone")
-    info.update({"steps": result.steps, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early, "global_rank": result.global_rank})
+    log.info("%s", result.kept)
+    info.update({"steps": result.steps, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+                 "global_rank": result.global_rank, "kept": result.kept})
     if result.best_epoch != -1:
         # The weights changed in place: their hash is no longer the pretrained file's (feature caches key on it).
         bb.provenance = dataclasses.replace(bb.provenance, source=f"{bb.provenance.source} +{strategy}", weights_sha256=None)
@@ -162,9 +189,18 @@ def fit_in_loop(
     return head_mod, result.history, info
 
 
-def _probe_head(bb: Any, splits: Any, train_acts: Any, val_acts: Any, group: int, *, seed: int, class_weights: Any,
-                batch_size: int, runtime: str, cache: bool) -> tuple[Any, float | None, float | None]:
-    """Fit the logistic-regression head on the frozen features; ``(head, validation accuracy, validation loss)``."""
+def _leading_head_stages(stages: list[Stage]) -> list[Stage]:
+    out = []
+    for s in stages:
+        if s.unfreeze != 0:
+            break
+        out.append(s)
+    return out
+
+
+def _probe_head(bb: Any, splits: Any, train_acts: Any, val_acts: Any, group: int, *, kind: str, seed: int, class_weights: Any,
+                batch_size: int, runtime: str, cache: bool, hidden: int, dropout: float) -> tuple[Any, Score | None]:
+    """Fit the head (``kind``: logistic regression, or the MLP) on the frozen features; ``(head, validation score)``."""
     import numpy as np
     import torch
     from torch.utils.data import DataLoader
@@ -189,18 +225,19 @@ def _probe_head(bb: Any, splits: Any, train_acts: Any, val_acts: Any, group: int
 
         x_tr = extract_features(bb, splits.train, batch_size=batch_size, runtime=runtime, cache=cache)
         x_val = extract_features(bb, splits.val, batch_size=batch_size, runtime=runtime, cache=cache) if has_val else None
-    head, _ = fit_head("linear", x_tr, splits.train.labels, x_val, splits.val.labels if x_val is not None else None,
-                       num_classes=len(splits.classes), seed=seed, class_weight=class_weights)
-    acc = loss = None
+    y_val = splits.val.labels if x_val is not None else None
+    head, _ = fit_head(kind, x_tr, splits.train.labels, x_val, y_val, num_classes=len(splits.classes), seed=seed,
+                       class_weight=class_weights, **({"hidden": hidden, "dropout": dropout} if kind == "mlp" else {}))
+    score = None
     if x_val is not None:
         with torch.no_grad():
             logits = head.eval()(torch.as_tensor(x_val, dtype=torch.float32))
-            y = torch.as_tensor(splits.val.labels)
+            y = torch.as_tensor(y_val)
             cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
             loss = float(torch.nn.functional.cross_entropy(logits, y, weight=cw))  # the loop's validation loss
-            acc = float((logits.argmax(1) == y).float().mean())
+            score = Score(float((logits.argmax(1) == y).float().mean()), loss, len(y))
     head.train()
-    return head, acc, loss
+    return head, score
 
 
 def _augment(name: str) -> Augment:

@@ -1,0 +1,143 @@
+"""LP-FT done right: which weights are kept, head-only stages on cached features, the time limit, the input size."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+import headstart
+from headstart.backbones import create_backbone
+from headstart.data import from_arrays
+from headstart.errors import HeadstartError
+from headstart.fitting import resolve_image_size
+from headstart.train.selection import Score, accuracy_se, better, why
+
+from test_fit import write_folder
+
+
+@pytest.fixture(autouse=True)
+def _tmp_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_folder(tmp_path_factory.mktemp("lpft") / "data", {"circle": 24, "square": 24, "triangle": 24})
+
+
+# --- the keep rule ----------------------------------------------------------------------------------
+
+def test_better_weighs_accuracy_and_loss_together():
+    probe = Score(0.90, 0.25, 500)
+    assert better(Score(0.90, 0.20, 500), probe)  # same accuracy, lower loss
+    assert better(Score(0.92, 0.25, 500), probe)  # higher accuracy, same loss
+    assert not better(Score(0.89, 0.30, 500), probe)  # worse on both
+    assert not better(probe, probe)  # equal: the incumbent stays
+    assert accuracy_se(0.90, 0.93, 500) == pytest.approx(np.sqrt(0.915 * 0.085 / 500))
+    assert better(Score(0.93, 0.30, 500), probe)  # +3 points > one standard error (0.012): accuracy decides
+    assert not better(Score(0.905, 0.30, 500), probe)  # +0.5 point is noise: the higher loss decides
+    assert better(Score(0.895, 0.20, 500), probe)  # -0.5 point is noise: the lower loss decides
+    assert not better(Score(0.85, 0.20, 500), probe)  # -5 points: accuracy decides
+    assert not better(Score(0.93, 0.30, 30), Score(0.90, 0.25, 30))  # +3 points of 30 items is one item: noise
+    text = why(Score(0.93, 0.30, 500), probe, new_name="epoch 3", old_name="the probe")
+    assert text.startswith("kept epoch 3") and "standard error" in text
+
+
+def test_run_log_says_which_weights_were_kept(folder, tmp_path, caplog):
+    caplog.set_level("INFO", logger="headstart")
+    headstart.fit(folder, backbone="tiny_cnn", strategy="progressive", unfreeze=1, out=tmp_path / "run", epochs=2)
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    kept = cfg["training"]["kept"]
+    assert kept.startswith("kept ") and "val acc" in kept and kept in caplog.text
+
+
+# --- no wasted compute ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def source_run(folder, tmp_path_factory):
+    """A trained tiny_cnn: fixed weights to transfer from (a random-init backbone is trained from scratch instead)."""
+    src = tmp_path_factory.mktemp("src") / "run"
+    headstart.fit(folder, backbone="tiny_cnn", strategy="finetune", unfreeze="all", out=src, epochs=1)
+    return src
+
+
+@pytest.mark.parametrize("head", ["logreg", "mlp"])
+def test_head_only_stages_never_call_the_backbone(folder, source_run, monkeypatch, head):
+    """The probe (or the MLP fit on cached features) replaces head-only stages: with the features cached, a
+    plan of head-only stages (progressive --unfreeze 0) runs the backbone zero times."""
+    from headstart.backbones.scratch import ScratchCNN
+
+    bb = f"run:{source_run}"
+    headstart.fit(folder, backbone=bb, strategy="linear", head=head, runtime="torch", save=False)  # fills the cache
+    calls = []
+    real = ScratchCNN.forward
+    monkeypatch.setattr(ScratchCNN, "forward", lambda self, x: calls.append(len(x)) or real(self, x))
+    model = headstart.fit(folder, backbone=bb, strategy="progressive", unfreeze=0, head=head, runtime="torch", save=False)
+    assert calls == [] and model.metrics["test"]["accuracy"] > 0
+
+
+def test_random_init_finetune_trains_from_scratch(folder, tmp_path):
+    run = tmp_path / "run"
+    headstart.fit(folder, backbone="tiny_cnn", strategy="finetune", out=run, epochs=1)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert "skipped_stages" not in cfg["training"] and "head_init" not in cfg["training"]  # no probe: nothing pretrained
+
+
+def test_pretrained_finetune_skips_the_head_warmup(folder, source_run, tmp_path):
+    run = tmp_path / "run"
+    headstart.fit(folder, backbone=f"run:{source_run}", strategy="finetune", out=run, epochs=1)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["training"]["skipped_stages"]["stages"] == ["head_warmup"]
+    assert [s["name"] for s in cfg["training"]["stages"]] == ["unfreeze_all"]
+    hist = (run / "history.csv").read_text()
+    assert "head_warmup" not in hist
+
+
+# --- the time limit ----------------------------------------------------------------------------------
+
+def test_time_limit_is_respected(folder, tmp_path):
+    limit = 25.0
+    t = time.perf_counter()
+    model = headstart.fit(folder, backbone="tiny_cnn", strategy="finetune", unfreeze="all", epochs=100_000, patience=None,
+                          time_limit=limit, out=tmp_path / "run")
+    took = time.perf_counter() - t
+    assert took <= 1.1 * limit, took
+    epochs = len((tmp_path / "run" / "history.csv").read_text().splitlines()) - 1
+    assert 1 <= epochs < 100_000 and model.metrics["test"]["accuracy"] > 0
+    with pytest.raises(HeadstartError, match="'time_limit' parameter must be a positive number"):
+        headstart.fit(folder, backbone="tiny_cnn", time_limit=0, save=False)
+
+
+def test_auto_uses_the_time_limit_to_decide(tmp_path, source_run):
+    data = write_folder(tmp_path / "data", {"circle": 60, "square": 60, "triangle": 60}, seed=1)  # enough per class to fine-tune
+    m = headstart.fit(data, backbone=f"run:{source_run}", strategy="auto", time_limit=1.0, save=False)
+    assert m.metrics["auto"]["strategy"] == "linear" and "time limit" in m.metrics["auto"]["reason"]
+
+
+# --- the input size ----------------------------------------------------------------------------------
+
+def test_image_size_round_trips_through_the_run_folder(folder, tmp_path):
+    run = tmp_path / "run"
+    model = headstart.fit(folder, backbone="tiny_cnn", strategy="linear", image_size=48, out=run)
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["backbone"]["preprocessing"]["input_size"] == [48, 48]
+    loaded = headstart.load(run)
+    assert loaded.backbone.preprocessing.input_size == (48, 48)
+    some = sorted(folder.rglob("*.png"))[:4]
+    np.testing.assert_allclose(loaded.predict_proba(some), model.predict_proba(some), atol=1e-5)
+    with pytest.raises(HeadstartError, match="'image_size' parameter must be 'auto' or a whole number"):
+        headstart.fit(folder, backbone="tiny_cnn", image_size="big", save=False)
+
+
+def test_auto_image_size_does_not_blow_up_small_images():
+    lite = create_backbone("efficientnet_lite0", pretrained=False)
+    small = from_arrays(np.zeros((4, 28, 28), np.uint8), [0, 1, 0, 1])
+    large = from_arrays(np.zeros((4, 300, 400), np.uint8), [0, 1, 0, 1])
+    assert resolve_image_size("auto", lite, small) == 112  # 4 x 28, not 224
+    assert resolve_image_size("auto", lite, large) == 224  # the backbone's own size
+    assert resolve_image_size("auto", create_backbone("tiny_cnn"), small) == 32  # never above the backbone's size
+    assert resolve_image_size(96, lite, small) == 96
