@@ -72,7 +72,7 @@ class Probe(Callback):
 def test_plans():
     lrs = layerwise_lrs(3, 1e-4, 0.5)
     assert lrs == pytest.approx([2.5e-5, 5e-5, 1e-4])
-    (s,) = finetune_plan(3, 2, 4, 1e-3, decay=0.5)
+    (s,) = finetune_plan(3, 2, 4, 1e-3, backbone_ratio=0.1, decay=0.5)
     assert s.unfreeze == 2 and s.group_lrs == pytest.approx((2.5e-5, 5e-5, 1e-4))
     r = recipe_plan(3, 5, 1e-3, freeze_epochs=2)
     assert [(x.unfreeze, x.epochs) for x in r] == [(0, 2), (3, 5)] and r[1].lr == 5e-4
@@ -225,10 +225,10 @@ def test_auto_says_why(folder, tmp_path):
     headstart.fit(folder, backbone="tiny_cnn", strategy="auto", out=tmp_path / "run", epochs=1)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert metrics["auto"]["strategy"] in ("linear", "progressive") and metrics["strategy"] == metrics["auto"]["strategy"]
+    assert metrics["auto"]["strategy"] in ("linear", "finetune") and metrics["strategy"] == metrics["auto"]["strategy"]
     assert cfg["auto"]["reason"] and "probe" not in cfg["auto"]
     assert choose_auto(5, 0.5, 4)[0] == "linear" and "overfit" in choose_auto(5, 0.5, 4)[1]
-    assert choose_auto(100, 0.99, 4)[0] == "linear" and choose_auto(100, 0.7, 4)[0] == "progressive"
+    assert choose_auto(100, 0.99, 4)[0] == "linear" and choose_auto(100, 0.7, 4)[0] == "finetune"
     assert choose_auto(100, None, 4)[0] == "linear" and choose_auto(100, 0.5, 0)[0] == "linear"
 
 

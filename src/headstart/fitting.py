@@ -4,7 +4,7 @@ Strategies: ``linear`` (frozen backbone, features extracted once through the fas
 cached, a head fit on them in seconds); ``finetune`` (backbone and head trained together in the one
 training loop; by default the fastai-style recipe, or the last ``unfreeze`` layer groups; with
 random-init backbones this is training from scratch); ``progressive`` (gradual unfreezing from the
-top, one stage per layer group); ``auto`` (linear or progressive, from the data size and the linear
+top, one stage per layer group); ``auto`` (linear or finetune, from the data size, the linear
 probe's validation score). The plans live in :mod:`headstart.train.recipes`.
 """
 
@@ -76,7 +76,7 @@ def fit(
     clip_grad: float | None = None,
     activation_cache: bool = True,
     freeze_epochs: int = 1,
-    lr_decay: float = 0.7,
+    lr_decay: float = 0.85,
     train_bn: bool = False,
     logger: str = "csv",
     accelerator: str = "auto",
@@ -104,15 +104,17 @@ def fit(
     * ``"finetune"``: **by default (``unfreeze=None``) the fastai-style recipe**: ``freeze_epochs``
       epochs of head warm-up on the frozen backbone, then every layer group unfrozen for ``epochs``
       epochs at half the rate, with discriminative rates (top group at ``backbone_lr``, default
-      ``lr/10``, each group below ``lr_decay`` times the one above). ``unfreeze=N`` trains the last
+      ``lr/2``, each group below ``lr_decay`` times the one above). ``unfreeze=N`` trains the last
       ``N`` layer groups (``"all"``: every group) and the head from the start, for ``epochs``.
     * ``"progressive"``: the head, then one more layer group from the top per stage (up to
       ``unfreeze`` groups; all by default), each stage at most ``epochs`` epochs at a lower rate;
       stops when a stage does not lower the validation loss; the best weights are kept.
-    * With the ``logreg`` head, ``finetune`` and ``progressive`` start from the linear probe's head
-      (LP-FT), fit exactly on the frozen features before any backbone weight moves.
-    * ``"auto"``: a linear probe first; keeps it for tiny data or a near-perfect probe, else runs
-      ``progressive``; the choice and its reason go into ``config.yaml`` and ``metrics.json``.
+    * ``finetune`` and ``progressive`` on pretrained weights start from a head fit on the cached
+      frozen features (the logistic-regression probe: LP-FT; or the MLP trained on them), which
+      replaces the plans' head-only stages (they would run the frozen backbone every step).
+    * ``"auto"``: a linear probe first; keeps it for tiny data, a near-perfect probe, or a time
+      limit too short for one epoch, else runs ``finetune`` from that probe (as many epochs as fit);
+      the choice and its reason go into ``config.yaml`` and ``metrics.json``.
 
     Loop options: ``augment`` (``none``/``light``/``strong``), ``schedule`` (``cosine``/``onecycle``),
     ``label_smoothing``, ``clip_grad``, ``patience`` (epochs without a lower validation loss before a
@@ -123,6 +125,13 @@ def fit(
     ``accelerator``/``devices``/``dist`` (Lightning's strategy, e.g. ``"ddp"``)/``precision``.
     Loop strategies create the run folder at the start (``config.yaml`` first) and checkpoint every
     epoch into ``RUN/checkpoints``; ``resume=RUN`` continues a killed run with its own settings.
+
+    ``image_size``: the side images are resized to; ``"auto"`` keeps the backbone's own size unless
+    the images are much smaller (see :func:`resolve_image_size`); recorded in ``model.json``, so
+    ``predict`` uses the same. ``time_limit``: seconds for the whole call; the loop stops in time
+    with the best weights so far, and ``auto`` fine-tunes only when an epoch fits, for as many epochs
+    as fit. Fine-tuned weights replace the probe's only when better on validation accuracy and loss
+    together (:mod:`headstart.train.selection`); the run log and ``config.yaml`` say which were kept.
     """
     if resume is not None:
         return _resume(resume, progress=progress, data=data)

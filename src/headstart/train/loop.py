@@ -215,7 +215,8 @@ def _restore_torch_globals() -> Iterator[None]:
 def _top_group_lr(trainer: L.Trainer) -> float | None:
     if not trainer.optimizers:
         return None
-    groups = [g for g in trainer.optimizers[0].param_groups if g.get("layer_group", -1) >= 0]
+    # layer groups only: parameters outside them (e.g. the unused source classifier) sit in a "backbone" group
+    groups = [g for g in trainer.optimizers[0].param_groups if g.get("layer_group", -1) >= 0 and str(g.get("name", "")).startswith("group")]
     return float(max(groups, key=lambda g: g["layer_group"])["lr"]) if groups else None
 
 

@@ -53,12 +53,12 @@ def head_plan(epochs: int, lr: float) -> list[Stage]:
     return [Stage("head", int(epochs), 0, float(lr))]
 
 
-def finetune_plan(n_groups: int, unfreeze: int, epochs: int, lr: float, *, backbone_ratio: float = 0.1, decay: float = 0.7) -> list[Stage]:
+def finetune_plan(n_groups: int, unfreeze: int, epochs: int, lr: float, *, backbone_ratio: float = 0.5, decay: float = 0.85) -> list[Stage]:
     lrs = tuple(layerwise_lrs(n_groups, lr * backbone_ratio, decay))
     return [Stage(f"unfreeze{unfreeze}" if unfreeze < n_groups else "unfreeze_all", int(epochs), int(unfreeze), float(lr), lrs)]
 
 
-def recipe_plan(n_groups: int, epochs: int, lr: float, *, freeze_epochs: int = 1, backbone_ratio: float = 0.1, decay: float = 0.7) -> list[Stage]:
+def recipe_plan(n_groups: int, epochs: int, lr: float, *, freeze_epochs: int = 1, backbone_ratio: float = 0.5, decay: float = 0.85) -> list[Stage]:
     half = lr / 2
     stages = [Stage("head_warmup", int(freeze_epochs), 0, float(lr))] if freeze_epochs > 0 else []
     return stages + [Stage("unfreeze_all", int(epochs), n_groups, half, tuple(layerwise_lrs(n_groups, half * backbone_ratio, decay)))]
