@@ -174,6 +174,33 @@ def test_activation_cache_gives_the_same_result_faster():
     assert t_cache < t_full, (t_cache, t_full)
 
 
+def test_per_stage_activation_cache_gives_the_same_progressive_run():
+    """Progressive unfreezing with each stage's activations cached at its own boundary trains the same
+    weights as running the whole backbone every step (scratch_cnn: 2 groups, stages unfreeze 1 then 2)."""
+    from headstart.train.cache import StagedActivations
+
+    bb0 = create_backbone("scratch_cnn")
+    tf = bb0.preprocessing.transform()
+    train_ds, val_ds = TorchDataset(_bars(128, 0), tf), TorchDataset(_bars(64, 1), tf)
+    stages = progressive_plan(2, 2, 3e-3)[1:]  # unfreeze1, unfreeze2 (the probe replaces the head stage)
+    head0 = create_head("linear", bb0.num_features, 2)
+    results = {}
+    for cached in (False, True):
+        bb, head = create_backbone("scratch_cnn"), create_head("linear", bb0.num_features, 2)
+        bb.load_state_dict(bb0.state_dict())
+        head.load_state_dict(head0.state_dict())
+        staged = StagedActivations(bb, train_ds, val_ds, batch_size=32, make_loader=make_loader, seed=1, num_groups=2) if cached else None
+        res = train_classifier(bb, head, make_loader(train_ds, 32, shuffle=True, seed=1), make_loader(val_ds, 32, shuffle=False),
+                               stages=stages, stop_on_plateau=True, seed=1, staged=staged, patience=None)
+        results[cached] = (res, bb.state_dict(), staged)
+    (r_full, sd_full, _), (r_cache, sd_cache, staged) = results[False], results[True]
+    assert [r["stage_name"] for r in r_cache.history] == [r["stage_name"] for r in r_full.history]
+    assert [r["val_loss"] for r in r_cache.history] == pytest.approx([r["val_loss"] for r in r_full.history], rel=1e-4, abs=1e-5)
+    for k in sd_full:
+        assert torch.allclose(sd_full[k].float(), sd_cache[k].float(), atol=1e-4), k
+    assert staged._k == 0 and staged.seconds > 0  # the last stage trains every group: its inputs are the images
+
+
 def test_fit_logs_the_activation_cache(folder, tmp_path, caplog):
     caplog.set_level("INFO", logger="headstart")
     model = headstart.fit(folder, backbone="tiny_cnn", strategy="finetune", unfreeze=1, out=tmp_path / "run", epochs=2)

@@ -137,7 +137,8 @@ def test_auto_image_size_does_not_blow_up_small_images():
     lite = create_backbone("efficientnet_lite0", pretrained=False)
     small = from_arrays(np.zeros((4, 28, 28), np.uint8), [0, 1, 0, 1])
     large = from_arrays(np.zeros((4, 300, 400), np.uint8), [0, 1, 0, 1])
-    assert resolve_image_size("auto", lite, small) == 112  # 4 x 28, not 224
+    assert resolve_image_size("auto", lite, small) == 112  # the probe: 4 x 28, not 224
+    assert resolve_image_size("auto", lite, small, "finetune") == resolve_image_size("auto", lite, small, "auto") == 64
     assert resolve_image_size("auto", lite, large) == 224  # the backbone's own size
     assert resolve_image_size("auto", create_backbone("tiny_cnn"), small) == 32  # never above the backbone's size
     assert resolve_image_size(96, lite, small) == 96

@@ -102,7 +102,7 @@ def fit(
     devices: str = typer.Option("1", help="Number of devices (processes) per machine, or 'auto'."),
     dist: str = typer.Option("auto", "--dist", help="Lightning's distributed strategy (not the transfer --strategy): auto | ddp | ddp_spawn | fsdp. 'ddp' with --devices N (torchrun/SLURM launch work too); on CPU it uses gloo."),
     precision: Optional[str] = typer.Option(None, help="Lightning precision: 32-true (default) | bf16-mixed | 16-mixed (GPU)."),
-    image_size: str = typer.Option("auto", "--image-size", help="Input size in pixels, or auto: the backbone's size, but small images are not blown up (4x their native side, at least 64 px; 28-px digits -> 112)."),
+    image_size: str = typer.Option("auto", "--image-size", help="Input size in pixels, or auto: the backbone's size, but small images are not blown up (4x their native side for the linear probe, 2x when training the backbone, at least 64 px: 28-px digits -> 112 or 64)."),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Seconds for the whole fit: training stops in time with the best weights so far; auto decides between the probe and fine-tuning, and how many epochs, from it."),
     resume: Optional[Path] = typer.Option(None, help="Continue the killed run in this folder from its last checkpoint, with its own settings."),
 ) -> None:

@@ -128,3 +128,36 @@ def _base_forward_until() -> Any:
     from ..backbones.base import Backbone
 
     return Backbone.forward_until
+
+
+class StagedActivations:
+    """Per-stage activation caches for plans whose frozen prefix shrinks stage by stage (progressive).
+
+    ``loaders(k)`` returns ``(train_loader, val_loader)`` over the activations entering group ``k``
+    (``k = 0``: the inputs themselves), computed once per ``k`` the first time a stage asks for them;
+    the previous stage's cache is dropped. Each stage then runs only the groups it trains, instead
+    of the whole backbone every step (measured: ``benchmarks/strategies.py``, progressive).
+    """
+
+    def __init__(self, backbone: Any, train: Any, val: Any, *, batch_size: int, make_loader: Any, seed: int = 0,
+                 disk_dir: str | Path | None = None, num_groups: int | None = None):
+        self.backbone, self.train, self.val = backbone, train, val
+        self.batch_size, self.make_loader, self.seed = int(batch_size), make_loader, seed
+        self.disk_dir, self.num_groups = disk_dir, num_groups
+        self._k: int | None = None
+        self._loaders: tuple[Any, Any] = (None, None)
+        self.seconds = 0.0
+
+    def loaders(self, k: int) -> tuple[Any, Any]:
+        if k != self._k:
+            t0 = time.perf_counter()
+            self._loaders = (None, None)  # free the previous stage's activations first
+            cached = (lambda ds: ds) if k == 0 else (lambda ds: cache_activations(
+                self.backbone, k, ds, batch_size=self.batch_size, disk_dir=self.disk_dir, num_groups=self.num_groups))
+            train = cached(self.train)
+            val = cached(self.val) if self.val is not None else None
+            self._loaders = (self.make_loader(train, self.batch_size, shuffle=True, seed=self.seed),
+                             self.make_loader(val, self.batch_size, shuffle=False) if val is not None else None)
+            self._k = k
+            self.seconds += time.perf_counter() - t0
+        return self._loaders

@@ -293,6 +293,7 @@ def train_classifier(
     max_time: float | None = None,
     extra_losses: Sequence[LossTerm] = (),
     callbacks: Sequence[Callback] = (),
+    staged: Any = None,
     quiet: bool = True,
 ) -> TrainResult:
     """Train ``head`` (on ``backbone`` features, or on feature batches when ``backbone`` is None).
@@ -319,13 +320,16 @@ def train_classifier(
     are kept (``best_epoch == -1``) unless an epoch beats them by :func:`~.selection.better`, the rule
     that also picks the best epoch.
     ``extra_losses``/``callbacks``: loss terms and Lightning callbacks of the methods built on
-    this loop. See :mod:`.module` for the loss, optimiser and schedule.
+    this loop. ``staged``: a :class:`~.cache.StagedActivations` that gives each stage loaders over
+    the activations at its own frozen boundary (``train_loader``/``val_loader`` are then ignored).
+    See :mod:`.module` for the loss, optimiser and schedule.
     """
     if trainable not in TRAINABLE:
         raise ValueError(f"The 'trainable' parameter must be one of {set(TRAINABLE)}; got {trainable!r}.")
     if stages is None and int(epochs) < 1:
         raise ValueError(f"epochs must be >= 1; got {epochs}.")
-    if patience is not None and val_loader is None:
+    has_val = val_loader is not None or (staged is not None and staged.val is not None)
+    if patience is not None and not has_val:
         raise ValueError("Early stopping ('patience') monitors the validation loss: pass a val_loader, or patience=None.")
     if isinstance(class_weights, str):
         raise ValueError(
@@ -347,14 +351,17 @@ def train_classifier(
     device = _device_of(head)
     saved_flags = [(p, p.requires_grad) for p in backbone.parameters()] if backbone is not None else []
 
-    module = ClassifierModule(
+    module = (ClassifierModule if staged is None else _StagedModule)(
         backbone, head, lr=lr, backbone_lr=backbone_lr, weight_decay=weight_decay,
         class_weights=class_weights, label_smoothing=label_smoothing, extra_losses=extra_losses,
         group_lrs=[stages[0].group_lrs[i] for i in range(n_groups)] if len(stages[0].group_lrs) == n_groups else None,
         schedule=schedule, train_bn=train_bn, bn_stats_frozen=bn_stats_frozen, start_group=start_group,
     )
     staging = StageCallback(stages, patience=patience, stop_on_plateau=stop_on_plateau)
-    best = BestWeights(initial if val_loader is not None else None)
+    if staged is not None:
+        module.staged, module.staging, module.n_groups = staged, staging, n_groups
+        train_loader = val_loader = None  # the module's hooks give each stage its own
+    best = BestWeights(initial if has_val else None)
     cbs: list[Callback] = [*callbacks, staging, best]
     ckpt_path = None
     if checkpoint_dir is not None:
@@ -378,7 +385,7 @@ def train_classifier(
                 enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
                 gradient_clip_val=clip_grad, sync_batchnorm=bool(sync_batchnorm),
                 default_root_dir=str(log_dir) if log_dir is not None else None,
-                plugins=[AtomicCheckpointIO()],
+                plugins=[AtomicCheckpointIO()], reload_dataloaders_every_n_epochs=1 if staged is not None else 0,
             )
             module.train()  # Lightning keeps the modes it is given; frozen BatchNorm stays in eval
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
@@ -398,6 +405,22 @@ def train_classifier(
         seconds=time.perf_counter() - t_start, steps=int(trainer.global_step), stopped_early=bool(staging.stopped_early),
         global_rank=int(trainer.global_rank), stages=[s.to_dict() for s in stages], kept=best.reason,
     )
+
+
+class _StagedModule(ClassifierModule):
+    """A :class:`ClassifierModule` whose data come from the current stage's activation cache."""
+
+    staged: Any = None
+    staging: Any = None
+    n_groups: int = 0
+
+    def train_dataloader(self) -> Any:
+        unfreeze = self.staging.stages[self.staging.upcoming()].unfreeze
+        self.start_group = self.n_groups - int(unfreeze or 0) if unfreeze is not None else 0
+        return self.staged.loaders(self.start_group)[0]
+
+    def val_dataloader(self) -> Any:
+        return self.staged.loaders(self.start_group)[1]
 
 
 def _dist_strategy(dist: str | None, stages: Sequence[Stage]) -> Any:

@@ -112,7 +112,7 @@ def fit_in_loop(
     """
     from ..data import TorchDataset
     from ..heads import create_head
-    from .cache import cache_activations, can_split
+    from .cache import StagedActivations, cache_activations, can_split
     from .checkpoint import make_loader
     from .loop import train_classifier
 
@@ -142,8 +142,17 @@ def fit_in_loop(
     info["stages"] = [s.to_dict() for s in stages]
     k = frozen_prefix(stages, G) if stages else G
     use_cache = bool(stages) and activation_cache and aug.is_identity and k > 0 and can_split(bb, k)
-    t = time.perf_counter()
+    # Progressive: the frozen prefix shrinks stage by stage; each stage gets the cache at its own boundary.
+    bounds = sorted({G - (s.unfreeze or 0) for s in stages if s.unfreeze is not None})
+    staged = None
     eval_tf = bb.preprocessing.transform()
+    if activation_cache and aug.is_identity and has_val and len(bounds) > 1 and all(b == 0 or can_split(bb, b) for b in bounds):
+        staged = StagedActivations(bb, TorchDataset(splits.train, eval_tf), TorchDataset(splits.val, eval_tf), batch_size=batch_size,
+                                   make_loader=make_loader, seed=seed, disk_dir=run_dir / "activations" if run_dir is not None else None, num_groups=G)
+        use_cache = False
+        info["activation_cache"] = {"per_stage": bounds[::-1], "of": G}
+        log.info("activation cache per stage: each stage runs only the layer groups it trains (boundaries %s of %d)", bounds[::-1], G)
+    t = time.perf_counter()
     if use_cache:
         acts_dir = run_dir / "activations" if run_dir is not None else None
         train_ds = cache_activations(bb, k, TorchDataset(splits.train, eval_tf), batch_size=batch_size, disk_dir=acts_dir, num_groups=G)
@@ -185,9 +194,11 @@ def fit_in_loop(
         patience=patience if has_val else None, seed=seed, progress=progress, initial=initial,
         log_dir=run_dir / "logs" if run_dir is not None else None, logger=logger,
         checkpoint_dir=run_dir / "checkpoints" if run_dir is not None else None, resume=resume,
-        accelerator=accelerator, devices=devices, dist=dist, precision=precision, max_time=max_time,
+        accelerator=accelerator, devices=devices, dist=dist, precision=precision, max_time=max_time, staged=staged,
     )
     timings["train"] = time.perf_counter() - t
+    if staged is not None:
+        info["activation_cache"]["seconds"] = round(staged.seconds, 3)
     log.info("%s", result.kept)
     info.update({"steps": result.steps, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
                  "global_rank": result.global_rank, "kept": result.kept})

@@ -129,6 +129,10 @@ class StageCallback(Checkpoint):
                 "head only" if not st.unfreeze else f"last {st.unfreeze} layer group(s)", st.lr, st.epochs,
             )
 
+    def upcoming(self) -> int:
+        """The stage the next training epoch runs in (data for it is set up before the epoch starts)."""
+        return 0 if self.index is None else self.index + 1 if self.pending else self.index
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.index is None:
             self._enter(trainer, pl_module, 0)
