@@ -142,3 +142,17 @@ def test_auto_image_size_does_not_blow_up_small_images():
     assert resolve_image_size("auto", lite, large) == 224  # the backbone's own size
     assert resolve_image_size("auto", create_backbone("tiny_cnn"), small) == 32  # never above the backbone's size
     assert resolve_image_size(96, lite, small) == 96
+
+
+def test_cli_image_size_and_time_limit(folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["fit", str(folder), "-b", "tiny_cnn", "--image-size", "40", "--time-limit", "120", "--out", str(run)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "model.json").read_text())["backbone"]["preprocessing"]["input_size"] == [40, 40]
+    assert yaml.safe_load((run / "config.yaml").read_text())["resume_args"]["time_limit"] == 120
+    r = CliRunner().invoke(app, ["fit", str(folder), "-b", "tiny_cnn", "--image-size", "huge", "--out", str(tmp_path / "r2")])
+    assert r.exit_code != 0 and "--image-size takes a whole number" in str(r.exception)
