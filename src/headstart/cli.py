@@ -90,7 +90,7 @@ def fit(
     backbone_lr: Optional[float] = typer.Option(None, "--backbone-lr", help="Learning rate of the top layer group (default lr/2; lower groups decay by --lr-decay)."),
     lr_decay: float = typer.Option(0.85, "--lr-decay", help="Layer-wise learning-rate decay per group from the top (discriminative LRs)."),
     freeze_epochs: int = typer.Option(1, "--freeze-epochs", help="Head warm-up epochs of the default finetune recipe."),
-    augment: str = typer.Option("none", help="Training augmentation: none | light (random resized crop, flip) | strong (+ rotation, colour jitter)."),
+    augment: Optional[str] = typer.Option(None, help="Training augmentation: none | light (random resized crop, flip) | strong (+ rotation, colour jitter). Default: none; auto fine-tunes with light."),
     schedule: str = typer.Option("cosine", help="Learning-rate schedule per stage: cosine (with warm-up) | onecycle."),
     label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing epsilon in [0, 1)."),
     clip_grad: Optional[float] = typer.Option(None, "--clip-grad", help="Clip the gradient norm to this value."),

@@ -70,7 +70,7 @@ def fit(
     label_col: str | None = None,
     backbone_lr: float | None = None,
     unfreeze: int | str | None = None,
-    augment: str = "none",
+    augment: str | None = None,
     schedule: str = "cosine",
     label_smoothing: float = 0.0,
     clip_grad: float | None = None,
@@ -116,7 +116,8 @@ def fit(
       limit too short for one epoch, else runs ``finetune`` from that probe (as many epochs as fit);
       the choice and its reason go into ``config.yaml`` and ``metrics.json``.
 
-    Loop options: ``augment`` (``none``/``light``/``strong``), ``schedule`` (``cosine``/``onecycle``),
+    Loop options: ``augment`` (``none``/``light``/``strong``; default none, ``auto`` fine-tunes with
+    ``light``), ``schedule`` (``cosine``/``onecycle``),
     ``label_smoothing``, ``clip_grad``, ``patience`` (epochs without a lower validation loss before a
     stage ends), ``activation_cache`` (when the lower groups stay frozen and augmentation is off,
     run them once and train only the top), ``train_bn`` (let BatchNorm layers update their running
@@ -149,7 +150,7 @@ def fit(
     _check_choice("class_weights", class_weights, (None, "balanced"))
     _check_fraction("val", val)
     _check_fraction("test", test)
-    _check_choice("augment", augment, ("none", "light", "strong"))
+    _check_choice("augment", augment, (None, "none", "light", "strong"))
     _check_choice("schedule", schedule, ("cosine", "onecycle"))
     _check_choice("logger", logger, ("csv", "tensorboard", "mlflow"))
     _check_fraction("label_smoothing", label_smoothing)
@@ -193,6 +194,8 @@ def fit(
         auto_choice = _auto(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience, budget)
         log.info("auto chose %s because %s", auto_choice["strategy"], auto_choice["reason"])
         epochs = auto_choice.get("epochs", epochs)
+        if augment is None and auto_choice["strategy"] != "linear":
+            augment = auto_choice["augment"] = AUTO_AUGMENT
     trained = auto_choice["strategy"] if auto_choice is not None else strategy
     if save and trained in LOOP_STRATEGIES and splits.train.modality != "text":
         # A resumable run: its folder and config.yaml exist before the first epoch.
@@ -220,7 +223,7 @@ def fit(
         head_mod, history, loop_info = fit_in_loop(
             bb, splits, strategy=trained, head=head, seed=seed, class_weights=cw, batch_size=batch_size, epochs=epochs, lr=lr,
             patience=patience, progress=progress, hidden=hidden, dropout=dropout, timings=timings, unfreeze=unfreeze,
-            backbone_lr=backbone_lr, lr_decay=lr_decay, freeze_epochs=freeze_epochs, augment=augment, schedule=schedule,
+            backbone_lr=backbone_lr, lr_decay=lr_decay, freeze_epochs=freeze_epochs, augment=augment or "none", schedule=schedule,
             label_smoothing=label_smoothing, clip_grad=clip_grad, activation_cache=activation_cache, run_dir=run_dir,
             resume=_resuming(run_dir), logger=logger, accelerator=accelerator, devices=devices, dist=dist, precision=precision,
             runtime=runtime, cache=cache, train_bn=train_bn, max_time=budget.left(_reserve_seconds(splits, timings, budget)),
@@ -315,6 +318,12 @@ def resolve_image_size(image_size: int | str, bb: Any, train: Any, strategy: str
 # 64 px and 3.6 s at 112 px, and 6 epochs at 64 px reached 0.936, so anything that trains the
 # backbone gets 2x (at least 64 px).
 AUTO_SIZE_FACTOR = {"linear": 4, "train": 2}
+
+# What auto fine-tunes with when augment is not given (explicit strategies default to none): measured
+# with 64-px fine-tuning from the probe, light augmentation (random resized crop 0.8-1, flip) took
+# BreastMNIST from 0.814 (probe kept) to 0.853 test accuracy, and left MNIST 5k within noise (0.947
+# vs 0.950).
+AUTO_AUGMENT = "light"
 AUTO_MIN_SIZE = 64
 
 
