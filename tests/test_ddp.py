@@ -20,7 +20,8 @@ ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTH
 # whatever order each sampler picks). The plan: 2 epochs of the head on the frozen backbone (BatchNorm in eval:
 # the same arithmetic as one process, so the head must match closely), then 1 epoch with every
 # group unfrozen (BatchNorm normalises each rank's 32 items, not 64 — SyncBatchNorm is GPU-only —
-# so that part matches within a looser tolerance).
+# so that part matches within a looser tolerance, which scales with the backbone's learning rate:
+# the backbone trains at lr/10 here, not the default lr/2).
 SCRIPT = textwrap.dedent('''
     import json, sys
     import torch
@@ -46,7 +47,7 @@ SCRIPT = textwrap.dedent('''
             if trainer.current_epoch == 1:
                 snap.update({"stage0." + k: v.detach().clone() for k, v in pl_module.head.state_dict().items()})
 
-    plan = [Stage("head", 2, 0, 3e-2)] + finetune_plan(2, 2, 1, 3e-2)
+    plan = [Stage("head", 2, 0, 3e-2)] + finetune_plan(2, 2, 1, 3e-2, backbone_ratio=0.1)
     res = train_classifier(bb, head, train, val, stages=plan, seed=0, callbacks=[AfterHeadStage()], **kw)
     if res.global_rank == 0:
         sd = {**snap, **{k: v.detach().clone() for k, v in bb.state_dict().items()}, **{"head." + k: v.detach().clone() for k, v in head.state_dict().items()}}

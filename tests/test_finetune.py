@@ -147,17 +147,27 @@ def test_progressive_stops_when_a_stage_does_not_improve():
 
 # --- the activation cache -------------------------------------------------------------------------
 
-def test_activation_cache_gives_the_same_result_faster():
+def _twin_models(n_train):
+    """``(twin, train, val)``: ``twin()`` gives a fresh scratch_cnn + linear head, always with the same weights."""
     bb0 = create_backbone("scratch_cnn")
-    tf = bb0.preprocessing.transform()
-    train_ds, val_ds = TorchDataset(_bars(192, 0), tf), TorchDataset(_bars(64, 1), tf)
-    stages = finetune_plan(2, 1, 4, 3e-3)
     head0 = create_head("linear", bb0.num_features, 2)
-    results = {}
-    for cached in (False, True):
+    tf = bb0.preprocessing.transform()
+
+    def twin():
         bb, head = create_backbone("scratch_cnn"), create_head("linear", bb0.num_features, 2)
         bb.load_state_dict(bb0.state_dict())
         head.load_state_dict(head0.state_dict())
+        return bb, head
+
+    return twin, TorchDataset(_bars(n_train, 0), tf), TorchDataset(_bars(64, 1), tf)
+
+
+def test_activation_cache_gives_the_same_result_faster():
+    twin, train_ds, val_ds = _twin_models(192)
+    stages = finetune_plan(2, 1, 4, 3e-3)
+    results = {}
+    for cached in (False, True):
+        bb, head = twin()
         t = time.perf_counter()
         if cached:
             set_trainable_groups(bb, 1)
@@ -179,16 +189,11 @@ def test_per_stage_activation_cache_gives_the_same_progressive_run():
     weights as running the whole backbone every step (scratch_cnn: 2 groups, stages unfreeze 1 then 2)."""
     from headstart.train.cache import StagedActivations
 
-    bb0 = create_backbone("scratch_cnn")
-    tf = bb0.preprocessing.transform()
-    train_ds, val_ds = TorchDataset(_bars(128, 0), tf), TorchDataset(_bars(64, 1), tf)
+    twin, train_ds, val_ds = _twin_models(128)
     stages = progressive_plan(2, 2, 3e-3)[1:]  # unfreeze1, unfreeze2 (the probe replaces the head stage)
-    head0 = create_head("linear", bb0.num_features, 2)
     results = {}
     for cached in (False, True):
-        bb, head = create_backbone("scratch_cnn"), create_head("linear", bb0.num_features, 2)
-        bb.load_state_dict(bb0.state_dict())
-        head.load_state_dict(head0.state_dict())
+        bb, head = twin()
         staged = StagedActivations(bb, train_ds, val_ds, batch_size=32, make_loader=make_loader, seed=1, num_groups=2) if cached else None
         res = train_classifier(bb, head, make_loader(train_ds, 32, shuffle=True, seed=1), make_loader(val_ds, 32, shuffle=False),
                                stages=stages, stop_on_plateau=True, seed=1, staged=staged, patience=None)

@@ -24,9 +24,7 @@ def _tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return write_folder(tmp_path_factory.mktemp("lpft") / "data", {"circle": 24, "square": 24, "triangle": 24})
+from test_finetune import folder  # noqa: E402,F401  (the same three-shape folder fixture)
 
 
 # --- the keep rule ----------------------------------------------------------------------------------
