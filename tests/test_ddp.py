@@ -66,6 +66,7 @@ def _run(tmp_path: Path, devices: int, batch: int) -> tuple[dict, dict]:
     return json.loads(Path(str(out) + ".json").read_text()), torch.load(str(out) + ".pt", weights_only=True)
 
 
+@pytest.mark.slow  # 40-60 s of subprocesses; CI runs the slow tests too (make test-slow)
 def test_two_process_ddp_matches_one_process(tmp_path):
     ddp, ddp_sd = _run(tmp_path, devices=2, batch=32)
     one, one_sd = _run(tmp_path, devices=1, batch=64)

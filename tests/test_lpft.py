@@ -6,6 +6,7 @@ import json
 import time
 
 import numpy as np
+import torch
 import pytest
 import yaml
 
@@ -154,3 +155,28 @@ def test_cli_image_size_and_time_limit(folder, tmp_path):
     assert yaml.safe_load((run / "config.yaml").read_text())["resume_args"]["time_limit"] == 120
     r = CliRunner().invoke(app, ["fit", str(folder), "-b", "tiny_cnn", "--image-size", "huge", "--out", str(tmp_path / "r2")])
     assert r.exit_code != 0 and "--image-size takes a whole number" in str(r.exception)
+
+
+@pytest.mark.parametrize("probe_wins", [True, False])
+def test_auto_keeps_the_larger_probe_unless_fine_tuning_beats_it(source_run, monkeypatch, probe_wins):
+    """Small images: auto probes at 4x their side, fine-tunes at 2x from a probe fit there, and then keeps
+    whichever of the 4x probe and the fine-tuned model is better on validation (the backbone restored
+    to its pretrained weights and the probe's size when the probe wins). The rule's verdict is forced
+    both ways here (the rule itself: test_better_weighs_accuracy_and_loss_together)."""
+    import headstart.fitting as fitting
+    import headstart.train.selection as selection
+    from headstart.data import make_shapes
+
+    monkeypatch.setattr(fitting, "AUTO_MIN_SIZE", 16)  # 8-px images: probe at 32 px, training at 16 px (tiny_cnn: 32)
+    monkeypatch.setattr(selection, "better", lambda new, old: probe_wins)  # as _keep_wide_probe sees it
+    data = make_shapes(("circle", "square", "triangle"), n_per_class=60, size=8, seed=3)
+    pretrained = headstart.create_backbone(f"run:{source_run}").state_dict()
+    m = headstart.fit(data, backbone=f"run:{source_run}", strategy="auto", epochs=2, save=False)
+    auto = m.metrics["auto"]
+    assert auto["strategy"] == "finetune" and auto["probe_sizes"] == {**auto["probe_sizes"], "probe_px": 32, "train_px": 16}
+    assert "the linear probe at 32 px" in auto["final"] and "wide_probe" not in auto and yaml.safe_dump(auto)  # plain data: config.yaml
+    if probe_wins:
+        assert m.metrics["strategy"] == "linear" and m.backbone.preprocessing.input_size == (32, 32)
+        assert all(torch.equal(v, pretrained[k]) for k, v in m.backbone.state_dict().items())
+    else:
+        assert m.metrics["strategy"] == "finetune" and m.backbone.preprocessing.input_size == (16, 16)

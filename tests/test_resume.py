@@ -122,6 +122,7 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # 40-60 s of subprocesses; CI runs the slow tests too (make test-slow)
 def test_sigkill_mid_epoch_then_resume_finishes_with_the_same_steps(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
@@ -147,6 +148,7 @@ def test_sigkill_mid_epoch_then_resume_finishes_with_the_same_steps(tmp_path):
     assert abs(out["val_acc"] - ref["val_acc"]) <= 0.05
 
 
+@pytest.mark.slow  # 40-60 s of subprocesses; CI runs the slow tests too (make test-slow)
 def test_cli_resume_after_kill(tmp_path):
     data = write_folder(tmp_path / "data", {"circle": 60, "square": 60})
     run = tmp_path / "run"

@@ -113,8 +113,10 @@ def fit(
       frozen features (the logistic-regression probe: LP-FT; or the MLP trained on them), which
       replaces the plans' head-only stages (they would run the frozen backbone every step).
     * ``"auto"``: a linear probe first; keeps it for tiny data, a near-perfect probe, or a time
-      limit too short for one epoch, else runs ``finetune`` from that probe (as many epochs as fit);
-      the choice and its reason go into ``config.yaml`` and ``metrics.json``.
+      limit too short for one epoch, else runs ``finetune`` from a probe (as many epochs as fit).
+      Small images are probed at 4x and fine-tuned at 2x their side: then the 4x probe stays a
+      candidate, and whichever of it and the fine-tuned model is better on validation is kept.
+      The choice and its reasons go into ``config.yaml`` and ``metrics.json``.
 
     Loop options: ``augment`` (``none``/``light``/``strong``; default none, ``auto`` fine-tunes with
     ``light``), ``schedule`` (``cosine``/``onecycle``),
@@ -180,7 +182,9 @@ def fit(
             f"Fix: pass a {kind} backbone with --backbone (see 'headstart backbones --modality {kind}')."
         )
     if splits.train.modality == "image":
-        bb.preprocessing = dataclasses.replace(bb.preprocessing, input_size=(size := resolve_image_size(image_size, bb, splits.train, strategy),) * 2)
+        # auto probes at the probe's size; _auto moves to the training size if it fine-tunes
+        size = resolve_image_size(image_size, bb, splits.train, "linear" if strategy == "auto" else strategy)
+        bb.preprocessing = dataclasses.replace(bb.preprocessing, input_size=(size, size))
         log.info("input size %d px (%s)", size, "auto" if image_size == "auto" else "set")
     classes = splits.classes
     cw = _class_weights(splits.train.labels, len(classes)) if class_weights == "balanced" else None
@@ -191,7 +195,8 @@ def fit(
     loop_info: dict[str, Any] = {}
     auto_choice = None
     if strategy == "auto":
-        auto_choice = _auto(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience, budget)
+        train_size = resolve_image_size(image_size, bb, splits.train, "finetune") if splits.train.modality == "image" else None
+        auto_choice = _auto(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience, budget, train_size)
         log.info("auto chose %s because %s", auto_choice["strategy"], auto_choice["reason"])
         epochs = auto_choice.get("epochs", epochs)
         if augment is None and auto_choice["strategy"] != "linear":
@@ -227,10 +232,15 @@ def fit(
             label_smoothing=label_smoothing, clip_grad=clip_grad, activation_cache=activation_cache, run_dir=run_dir,
             resume=_resuming(run_dir), logger=logger, accelerator=accelerator, devices=devices, dist=dist, precision=precision,
             runtime=runtime, cache=cache, train_bn=train_bn, max_time=budget.left(_reserve_seconds(splits, timings, budget)),
-            probe=auto_choice.pop("probe_score", None) if auto_choice is not None else None,
+            probe=auto_choice.get("probe_score") if auto_choice is not None else None,
         )
     else:
         head_mod, history = _fit_linear(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience)
+    if auto_choice is not None and "wide_probe" in auto_choice:
+        head_mod, trained = _keep_wide_probe(bb, head_mod, trained, auto_choice, loop_info, history)
+    if auto_choice is not None:
+        for key in ("probe_score", "wide_history"):  # objects, not settings: not for config.yaml
+            auto_choice.pop(key, None)
 
     model = Model(bb, head_mod, classes, modality=splits.train.modality)
     if secondary:
@@ -367,27 +377,36 @@ def _secondary_rank() -> bool:
     return any(int(os.environ.get(v, "0") or 0) > 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
-def _auto(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience, budget) -> dict[str, Any]:
+def _auto(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience, budget,
+          train_size: int | None = None) -> dict[str, Any]:
     """Fit the probe, then choose: ``{"strategy", "reason", "probe_val_acc", "probe": (head, history), ...}``.
 
-    Fine-tuning starts from this probe and keeps it unless an epoch beats it on validation
-    (:mod:`headstart.train.selection`), so without a time limit ``auto`` does not lose to the probe on
-    validation. With one, it fine-tunes only if at least one epoch fits in what is left.
+    Fine-tuning starts from a probe and keeps it unless an epoch beats it on validation
+    (:mod:`headstart.train.selection`). When it trains at a smaller input size than the probe's
+    (``train_size``; small images: 2x instead of 4x their side), it starts from a probe fit at that
+    size, and the probe at the larger size (``"wide_probe"``) stays a candidate: fit keeps whichever
+    of it and the fine-tuned model is better on validation (:func:`_keep_wide_probe`). So without a
+    time limit ``auto`` does not lose to the probe on validation. With one, it fine-tunes only if at
+    least one epoch fits in what is left.
     """
     from .train.budget import epoch_seconds
     from .train.freeze import num_groups
     from .train.recipes import choose_auto
 
     probe = _fit_linear(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience)
-    score = None
-    if splits.val is not None and len(splits.val):
-        from .features import extract_features
-
-        x_val = extract_features(bb, splits.val, batch_size=batch_size, runtime=runtime, cache=cache, progress=False)
-        score = _head_score(probe[0], x_val, splits.val.labels, cw)
+    score = _val_score(bb, probe[0], splits, cw, batch_size, runtime, cache)
     per_class = int(np.bincount(splits.train.labels, minlength=len(splits.classes)).min())
     strategy, reason = choose_auto(per_class, score.acc if score else None, num_groups(bb))
     out = {"strategy": strategy, "reason": reason, "probe_val_acc": score.acc if score else None, "min_train_per_class": per_class, "probe": probe}
+    size = int(bb.preprocessing.input_size[0])
+    if strategy != "linear" and score is not None and train_size is not None and train_size != size:
+        # fine-tune at the training size, from a probe fit there; the probe at the probe's size stays a candidate
+        out["wide_probe"] = (probe[0], score, size, {k: v.detach().clone() for k, v in bb.state_dict().items()}, bb.provenance)
+        out["wide_history"] = probe[1]
+        bb.preprocessing = dataclasses.replace(bb.preprocessing, input_size=(train_size, train_size))
+        probe = _fit_linear(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience)
+        score = _val_score(bb, probe[0], splits, cw, batch_size, runtime, cache)
+        out.update(probe=probe, probe_sizes={"probe_px": size, "train_px": train_size, "train_probe_val_acc": score.acc})
     left = budget.left(_reserve_seconds(splits, timings, budget))
     if strategy != "linear" and left is not None:
         t = time.perf_counter()
@@ -398,11 +417,53 @@ def _auto(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidd
         out.update({"time_left_s": round(left, 1), "epoch_estimate_s": round(per_epoch, 1)})
         if fits < 1:
             out.update(strategy="linear", reason=f"{reason}, but one fine-tuning epoch takes about {per_epoch:.0f} s and {left:.0f} s of the time limit are left")
+            if "wide_probe" in out:  # back to the probe at the probe's size
+                wide_head, score, size, _, _ = out.pop("wide_probe")
+                out["probe"] = (wide_head, out.pop("wide_history"))
+                bb.preprocessing = dataclasses.replace(bb.preprocessing, input_size=(size, size))
         else:
             out.update(epochs=min(epochs, fits), reason=f"{reason}; {min(epochs, fits)} epoch(s) of about {per_epoch:.0f} s fit in the {left:.0f} s left of the time limit")
     if out["strategy"] != "linear" and score is not None:
         out["probe_score"] = (probe[0], score)  # fine-tuning starts from this probe (not fit twice)
     return out
+
+
+def _val_score(bb, head_mod, splits, cw, batch_size, runtime, cache):
+    """The head's validation :class:`~.train.selection.Score` on ``bb``'s (cached) features; ``None`` without a validation split."""
+    if splits.val is None or not len(splits.val):
+        return None
+    from .features import extract_features
+
+    x_val = extract_features(bb, splits.val, batch_size=batch_size, runtime=runtime, cache=cache, progress=False)
+    return _head_score(head_mod, x_val, splits.val.labels, cw)
+
+
+def _keep_wide_probe(bb, head_mod, trained: str, auto_choice: dict, loop_info: dict, history: list[dict]):
+    """``auto`` trained at a smaller size than its first probe: keep that probe instead when it is better on
+    validation than what training kept (:func:`~.train.selection.better`); restores the pretrained
+    backbone and the probe's input size then. Returns ``(head, strategy trained)``; says why in
+    ``auto_choice["final"]``."""
+    from .train.selection import Score, better, why
+
+    wide_head, wide_score, size, state, provenance = auto_choice.pop("wide_probe")
+    best = loop_info.get("best_epoch")
+    if trained == "linear" or best == -1:
+        kept = auto_choice["probe_score"][1] if "probe_score" in auto_choice else None
+    else:
+        row = next((r for r in history if r.get("epoch") == best and r.get("val_acc") is not None), None)
+        kept = Score(row["val_acc"], row["val_loss"], wide_score.n) if row else None
+    if kept is None:
+        return head_mod, trained
+    px = int(bb.preprocessing.input_size[0])
+    auto_choice["final"] = why(wide_score, kept, new_name=f"the linear probe at {size} px", old_name=f"the {trained} result at {px} px")
+    log.info("auto: %s", auto_choice["final"])
+    if not better(wide_score, kept):
+        return head_mod, trained
+    bb.load_state_dict(state)
+    bb.provenance = provenance
+    bb.preprocessing = dataclasses.replace(bb.preprocessing, input_size=(size, size))
+    loop_info["kept"] = auto_choice["final"]
+    return wide_head, "linear"
 
 
 def _reserve_seconds(splits, timings: dict[str, float], budget) -> float:
