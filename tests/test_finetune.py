@@ -211,7 +211,7 @@ def test_fit_logs_the_activation_cache(folder, tmp_path, caplog):
     model = headstart.fit(folder, backbone="tiny_cnn", strategy="finetune", unfreeze=1, out=tmp_path / "run", epochs=2)
     assert "caching activations at the freeze boundary (group 1 of 2)" in caplog.text
     cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert cfg["training"]["activation_cache"]["group"] == 1 and cfg["unfreeze"] == 1
+    assert cfg["training"]["activation_cache"]["group"] == 1 and cfg["settings"]["training"]["unfreeze"] == 1
     assert not (tmp_path / "run" / "checkpoints").exists()  # a finished run keeps no checkpoints
     assert model.metrics["strategy"] == "finetune"
 
@@ -250,7 +250,7 @@ def test_fit_strategies(folder, tmp_path, kwargs, stages):
     assert names <= stages and len(names) >= (2 if kwargs.get("patience", 5) is None else 1)
     assert (run / "logs" / "metrics.csv").is_file() and (run / "model.safetensors").is_file()
     assert 0.0 <= model.metrics["test"]["accuracy"] <= 1.0
-    assert yaml.safe_load((run / "config.yaml").read_text())["resume_args"]["strategy"] == kwargs["strategy"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["settings"]["training"]["strategy"] == kwargs["strategy"]
 
 
 def test_auto_says_why(folder, tmp_path):

@@ -81,8 +81,9 @@ def test_run_folder_contents(runs, folder, strategy, head):
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["data"] == str(folder)
-    assert (config["backbone"], config["strategy"], config["head"]) == ("tiny_cnn", strategy, head)
-    assert config["epochs"] == 3 and config["seed"] == 0 and config["val"] == 0.15 and config["test"] == 0.15
+    s = config["settings"]
+    assert (config["backbone"], s["training"]["strategy"], s["head"]["kind"]) == ("tiny_cnn", strategy, head)
+    assert s["training"]["epochs"] == 3 and s["training"]["seed"] == 0 and s["data"]["val"] == 0.15 and s["data"]["test"] == 0.15
     assert config["classes"] == ["circle", "square"]
     assert sum(config["split_sizes"].values()) == 32
     assert "torch" in config["versions"]
@@ -245,7 +246,7 @@ def test_existing_run_is_not_overwritten_unless_asked(folder, tmp_path):
         headstart.fit(folder, backbone="tiny_cnn", head="mlp", out=run)
     assert (run / "model.safetensors").read_bytes() == before
     headstart.fit(folder, backbone="tiny_cnn", head="mlp", out=run, overwrite=True)
-    assert yaml.safe_load((run / "config.yaml").read_text())["head"] == "mlp"
+    assert yaml.safe_load((run / "config.yaml").read_text())["settings"]["head"]["kind"] == "mlp"
     assert headstart.load(run).head.config()["kind"] == "mlp"
 
 
@@ -329,7 +330,7 @@ def test_balanced_class_weights_on_an_imbalanced_folder(tmp_path, strategy):
     data = write_folder(tmp_path / "data", {"circle": 30, "square": 6})
     model = headstart.fit(data, backbone="tiny_cnn", strategy=strategy, class_weights="balanced", out=tmp_path / "run", epochs=2)
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert config["class_weights"] == "balanced"
+    assert config["settings"]["head"]["class_weights"] == "balanced"
     assert model.metrics["counts"]["train"]["square"] < model.metrics["counts"]["train"]["circle"]
     assert "test" in model.metrics
 

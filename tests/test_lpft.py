@@ -152,9 +152,9 @@ def test_cli_image_size_and_time_limit(folder, tmp_path):
     r = CliRunner().invoke(app, ["fit", str(folder), "-b", "tiny_cnn", "--image-size", "40", "--time-limit", "120", "--out", str(run)])
     assert r.exit_code == 0, r.output
     assert json.loads((run / "model.json").read_text())["backbone"]["preprocessing"]["input_size"] == [40, 40]
-    assert yaml.safe_load((run / "config.yaml").read_text())["resume_args"]["time_limit"] == 120
+    assert yaml.safe_load((run / "config.yaml").read_text())["settings"]["training"]["time_limit"] == 120
     r = CliRunner().invoke(app, ["fit", str(folder), "-b", "tiny_cnn", "--image-size", "huge", "--out", str(tmp_path / "r2")])
-    assert r.exit_code != 0 and "--image-size takes a whole number" in str(r.exception)
+    assert r.exit_code != 0 and "'image_size' parameter must be 'auto' or a whole number" in str(r.exception)
 
 
 @pytest.mark.parametrize("probe_wins", [True, False])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -64,73 +65,76 @@ def backbones(modality: Optional[str] = typer.Option(None, help="Only 'image' or
     Console().print(table)
 
 
-@app.command()
-def fit(
-    data: Optional[str] = typer.Argument(None, help="Image folder (root/<class>/*, optional train/val/test), CSV manifest, .npz, 'shapes:<names>'; or texts: a CSV/TSV/JSONL table or a folder of .txt files per class. Not needed with --resume."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Backbone name (see 'headstart backbones'; default efficientnet_lite0 for images, minilm_l6 for texts), timm:<name>, hf:<name|folder>, run:<folder>, or 'auto' (the top LogME of --candidates)."),
-    candidates: Optional[str] = typer.Option(None, help="With --backbone auto: comma-separated backbones to rank (default efficientnet_lite0,efficientnet_lite1,efficientnet_lite2)."),
-    strategy: str = typer.Option("linear", "--strategy", "-s", help="Transfer strategy: linear (frozen backbone, cached features) | finetune (default recipe: head warm-up, then all layer groups with layer-wise decayed LRs; or --unfreeze N) | progressive (unfreeze one layer group per stage from the top; --epochs per stage) | auto (linear probe first; linear or progressive, and says why)."),
-    head: str = typer.Option("logreg", help="logreg | mlp"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<backbone>-<strategy>-<time>)."),
-    weights: Optional[str] = typer.Option(None, help="Local weights file or folder for the backbone."),
-    val: float = typer.Option(0.15, help="Validation fraction when the data has no val/ folder."),
-    test: float = typer.Option(0.15, help="Test fraction when the data has no test/ folder."),
-    seed: int = typer.Option(0),
-    epochs: int = typer.Option(20),
-    lr: float = typer.Option(1e-3),
-    batch_size: int = typer.Option(64),
-    class_weights: Optional[str] = typer.Option(None, help="'balanced' to weight classes by inverse frequency."),
-    strict: bool = typer.Option(False, help="Fail on the first unreadable image (or bad text row) instead of skipping it."),
-    no_cache: bool = typer.Option(False, help="Do not read or write the feature cache."),
-    runtime: str = typer.Option("auto", help="Feature extraction runtime: auto | openvino | onnx | torch."),
-    overwrite: bool = typer.Option(False, help="Overwrite an existing run folder given with --out."),
-    text_col: Optional[str] = typer.Option(None, "--text-col", help="Text column of a CSV/TSV/JSONL table (default: text, sentence, review, ...)."),
-    label_col: Optional[str] = typer.Option(None, "--label-col", help="Label column of a table (default: label, class, target, ...)."),
-    unfreeze: Optional[str] = typer.Option(None, help="finetune: train the last N layer groups (or 'all') from the start instead of the default recipe; progressive: the deepest stage (default all)."),
-    backbone_lr: Optional[float] = typer.Option(None, "--backbone-lr", help="Learning rate of the top layer group (default lr/2; lower groups decay by --lr-decay)."),
-    lr_decay: float = typer.Option(0.85, "--lr-decay", help="Layer-wise learning-rate decay per group from the top (discriminative LRs)."),
-    freeze_epochs: int = typer.Option(1, "--freeze-epochs", help="Head warm-up epochs of the default finetune recipe."),
-    augment: Optional[str] = typer.Option(None, help="Training augmentation: none | light (random resized crop, flip) | strong (+ rotation, colour jitter). Default: none; auto fine-tunes with light."),
-    schedule: str = typer.Option("cosine", help="Learning-rate schedule per stage: cosine (with warm-up) | onecycle."),
-    label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing epsilon in [0, 1)."),
-    clip_grad: Optional[float] = typer.Option(None, "--clip-grad", help="Clip the gradient norm to this value."),
-    patience: int = typer.Option(5, help="Epochs without a lower validation loss before a stage (or the run) stops."),
-    train_bn: bool = typer.Option(False, "--train-bn", help="Let BatchNorm layers update their running statistics while fine-tuning (default: fixed)."),
-    no_activation_cache: bool = typer.Option(False, "--no-activation-cache", help="Run the frozen lower layer groups every step instead of caching their activations once."),
-    logger: str = typer.Option("csv", help="Training logs in the run folder: csv (always written) | tensorboard | mlflow."),
-    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto | cpu | gpu."),
-    devices: str = typer.Option("1", help="Number of devices (processes) per machine, or 'auto'."),
-    dist: str = typer.Option("auto", "--dist", help="Lightning's distributed strategy (not the transfer --strategy): auto | ddp | ddp_spawn | fsdp. 'ddp' with --devices N (torchrun/SLURM launch work too); on CPU it uses gloo."),
-    precision: Optional[str] = typer.Option(None, help="Lightning precision: 32-true (default) | bf16-mixed | 16-mixed (GPU)."),
-    image_size: str = typer.Option("auto", "--image-size", help="Input size in pixels, or auto: the backbone's size, but small images are not blown up (4x their native side for the linear probe, 2x when training the backbone, at least 64 px: 28-px digits -> 112 or 64)."),
-    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Seconds for the whole fit: training stops in time with the best weights so far; auto decides between the probe and fine-tuning, and how many epochs, from it."),
+def _fit(
+    ctx: typer.Context,
+    data: Optional[str] = typer.Argument(None, help="Image folder (root/<class>/*, optional train/val/test), CSV manifest, .npz, 'shapes:<names>'; or texts: a CSV/TSV/JSONL table or a folder of .txt files per class. Not needed with --resume or a --config that names it."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="A YAML file of settings (a run folder's config.yaml, or 'data:' and 'settings:' groups written by hand); options given on the command line override it."),
     resume: Optional[Path] = typer.Option(None, help="Continue the killed run in this folder from its last checkpoint, with its own settings."),
+    **given,
 ) -> None:
     """Train a classifier by transfer learning and write a run folder."""
-    from .fitting import fit as fit_fn
+    from .fitting import fit as fit_fn, read_config
+    from .settings import Settings
 
-    if data is None and resume is None:
-        raise HeadstartError("Give the DATA to train on (or --resume RUN to continue a killed run).")
-    model = fit_fn(
-        data, backbone=backbone, candidates=candidates, strategy=strategy, head=head, out=out, weights=weights, val=val, test=test, seed=seed,
-        epochs=epochs, lr=lr, batch_size=batch_size, class_weights=class_weights, strict=strict, cache=not no_cache,
-        runtime=runtime, progress=True, overwrite=overwrite, text_col=text_col, label_col=label_col,
-        unfreeze=(unfreeze if unfreeze in (None, "all") else _int_option("--unfreeze", unfreeze)), backbone_lr=backbone_lr,
-        lr_decay=lr_decay, freeze_epochs=freeze_epochs, augment=augment, schedule=schedule, label_smoothing=label_smoothing,
-        clip_grad=clip_grad, patience=patience, activation_cache=not no_activation_cache, train_bn=train_bn, logger=logger, accelerator=accelerator,
-        devices=devices if devices == "auto" else _int_option("--devices", devices), dist=dist, precision=precision, resume=resume,
-        image_size=image_size if image_size == "auto" else _int_option("--image-size", image_size), time_limit=time_limit,
-    )
+    if resume is not None:
+        model = fit_fn(data, resume=resume, progress=True)
+    else:
+        base, file_data = Settings(), None
+        if config is not None:
+            file_data, base = read_config(config)
+        data = data if data is not None else file_data
+        if data is None:
+            raise HeadstartError("Give the DATA to train on (or --resume RUN to continue a killed run, or --config FILE naming its data).")
+        # options left out are None: the file's value (or the default) stays
+        model = fit_fn(data, base, progress=True, **{k: v for k, v in given.items() if v is not None})
     if not getattr(model, "metrics", None):
         return  # a DDP worker process: rank 0 prints the summary
     _print_fit_summary(model)
 
 
-def _int_option(name: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise HeadstartError(f"{name} takes a whole number (or 'all'/'auto'); got {value!r}.") from None
+def _cli_type(annotation: str) -> type:
+    """The command-line type of a settings field from its annotation: bool, float, int, else str
+    (``int | str`` fields such as ``devices``/``unfreeze``/``image_size`` are parsed by the settings)."""
+    kinds = {k.strip() for k in annotation.split("|")} - {"None"}
+    for name, kind in (("bool", bool), ("float", float), ("int", int)):
+        if kinds == {name}:
+            return kind
+    return str
+
+
+def _setting_options() -> list[inspect.Parameter]:
+    """One command-line option per settings field (``--flat-name``, or the field's ``cli`` flags;
+    ``cli=()``: Python only), default ``None`` (= not given), help and default from the field."""
+    from .settings import setting_fields, flat_name
+
+    params = []
+    for _, f in setting_fields():
+        kind, dashed = _cli_type(str(f.type)), flat_name(f).replace("_", "-")
+        flags = f.metadata.get("cli", (f"--{dashed}/--no-{dashed}",) if kind is bool else (f"--{dashed}",))
+        if not flags:
+            continue
+        shown = f.default if not isinstance(f.default, bool) else ("--" if f.default else "--no-") + flags[0].split("/")[0][2:].removeprefix("no-")
+        help_text = f"{f.metadata['help']} [default: {shown}]"
+        params.append(inspect.Parameter(flat_name(f), inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
+                                        default=typer.Option(None, *flags, help=help_text, show_default=False)))
+    return params
+
+
+def _build_fit_command() -> None:
+    sig = inspect.signature(_fit)
+    fixed = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    options = _setting_options()
+
+    def fit(ctx: typer.Context, data=None, config=None, resume=None, **given) -> None:
+        _fit(ctx, data, config, resume, **given)
+
+    fit.__doc__ = _fit.__doc__
+    fit.__signature__ = sig.replace(parameters=fixed + options)
+    fit.__annotations__ = {**{p.name: p.annotation for p in fixed}, **{p.name: p.annotation for p in options}, "return": None}
+    app.command(name="fit")(fit)
+
+
+_build_fit_command()
 
 
 def _print_fit_summary(model) -> None:

@@ -23,71 +23,21 @@ import numpy as np
 
 from . import __version__
 from .errors import HeadstartError
+from .settings import STRATEGIES, Settings  # noqa: F401  (STRATEGIES: re-exported)
 
 log = logging.getLogger("headstart")
 
-STRATEGIES = ("linear", "finetune", "progressive", "auto")
 LOOP_STRATEGIES = ("finetune", "progressive")
-HEADS = ("logreg", "mlp")
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise HeadstartError(f"The {name!r} parameter must be one of {{{', '.join(repr(c) for c in choices)}}}; got {value!r}.")
+def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Path | None = None, **overrides: Any):
+    """Train a classifier on ``data`` by transfer from a backbone; write the run folder; return the Model.
 
-
-def _check_fraction(name: str, value: float) -> None:
-    if not (0.0 <= float(value) < 1.0):
-        raise HeadstartError(f"The {name!r} parameter must be a fraction in [0, 1); got {value!r}.")
-
-
-def fit(
-    data: Any,
-    *,
-    backbone: str | None = None,
-    candidates: str | Sequence[str] | None = None,
-    strategy: str = "linear",
-    head: str = "logreg",
-    out: str | Path | None = None,
-    weights: str | None = None,
-    val: float = 0.15,
-    test: float = 0.15,
-    seed: int = 0,
-    epochs: int = 20,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    hidden: int = 256,
-    dropout: float = 0.3,
-    class_weights: str | None = None,
-    patience: int | None = 5,
-    strict: bool = False,
-    cache: bool = True,
-    runtime: str = "auto",
-    progress: bool = False,
-    overwrite: bool = False,
-    save: bool = True,
-    text_col: str | None = None,
-    label_col: str | None = None,
-    backbone_lr: float | None = None,
-    unfreeze: int | str | None = None,
-    augment: str | None = None,
-    schedule: str = "cosine",
-    label_smoothing: float = 0.0,
-    clip_grad: float | None = None,
-    activation_cache: bool = True,
-    freeze_epochs: int = 1,
-    lr_decay: float = 0.85,
-    train_bn: bool = False,
-    logger: str = "csv",
-    accelerator: str = "auto",
-    devices: int | str = 1,
-    dist: str = "auto",
-    precision: str | None = None,
-    image_size: int | str = "auto",
-    time_limit: float | None = None,
-    resume: str | Path | None = None,
-):
-    """Train a classifier on ``data`` by transfer from ``backbone``; write the run folder; return the Model.
+    ``settings``: a :class:`~headstart.settings.Settings` (every setting, grouped: data, backbone,
+    head, training, hardware, output; defaults when ``None``); ``overrides``: settings by their flat
+    names (``fit(data, strategy="finetune", epochs=5)``), applied on top. Every setting, its default
+    and what it accepts: :mod:`headstart.settings` (``headstart fit --help`` prints the same).
+    ``resume=RUN`` continues a killed run with its own settings (``config.yaml``).
 
     ``backbone`` defaults to ``"minilm_l6"`` for texts and ``"efficientnet_lite0"`` for images.
     Texts: a CSV/TSV/JSONL table (``text_col``/``label_col``, auto-detected by default) or a folder
@@ -137,44 +87,41 @@ def fit(
     together (:mod:`headstart.train.selection`); the run log and ``config.yaml`` say which were kept.
     """
     if resume is not None:
-        return _resume(resume, progress=progress, data=data)
+        return _resume(resume, progress=bool(overrides.get("progress", False)), data=data)
+    if data is None:
+        raise HeadstartError("Give the data to train on (a folder, CSV manifest, .npz, 'shapes:<names>' or a dataset), or resume=RUN.")
+    s = Settings.from_flat(settings, **overrides)  # validated here, in one place
+    d, b, h, tr, hw, o = s.data, s.backbone, s.head, s.training, s.hardware, s.output
+    backbone, epochs, augment, out = b.name, tr.epochs, tr.augment, o.out  # resolved or decided below
     from .train.budget import Budget
 
-    budget = Budget(time_limit)  # the whole call counts, backbone ranking and the report included
+    budget = Budget(tr.time_limit)  # the whole call counts, backbone ranking and the report included
     from .backbones import create_backbone
     from .data import load_splits
     from .evaluate.metrics import classification_metrics
     from .model import Model
     from .run_folder import check_run_dir, new_run_dir, write_config, write_history, write_metrics, write_predictions
 
-    _check_choice("strategy", strategy, STRATEGIES)
-    _check_choice("head", head, HEADS)
-    _check_choice("class_weights", class_weights, (None, "balanced"))
-    _check_fraction("val", val)
-    _check_fraction("test", test)
-    _check_choice("augment", augment, (None, "none", "light", "strong"))
-    _check_choice("schedule", schedule, ("cosine", "onecycle"))
-    _check_choice("logger", logger, ("csv", "tensorboard", "mlflow"))
-    _check_fraction("label_smoothing", label_smoothing)
-    if epochs < 1:
-        raise HeadstartError(f"The 'epochs' parameter must be at least 1; got {epochs!r}.")
-    if save:
-        check_run_dir(out, overwrite=overwrite)  # before the work, not after it
-    resume_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items() if k in _RESUME_KEYS}
-    if not isinstance(resume_args["data"], str):
-        resume_args["data"] = None  # in-memory data: a run folder cannot rebuild it (resume from Python)
+    if o.save:
+        check_run_dir(out, overwrite=o.overwrite)  # before the work, not after it
+    # what config.yaml records to rerun (--config) or resume the run: the data (None in memory: a run
+    # folder cannot rebuild it; resume from Python) and every setting as given
+    rerun = {"data": str(data) if isinstance(data, (str, Path)) else None, "settings": s.to_dict()}
+    import torch
+
+    torch.manual_seed(tr.seed)  # random-init backbones and heads: the same seed, the same run (--config reruns it exactly)
     # backbone="auto": rank the candidates by LogME on the training split, fit the top one (select/).
     from .select.rank import resolve_backbone
 
     if backbone is None:
         from .data.load import guess_modality
 
-        backbone = "minilm_l6" if guess_modality(data, text_col=text_col) == "text" else "efficientnet_lite0"
-    backbone, ranking = resolve_backbone(data, backbone, candidates, weights=weights, val=val, test=test, seed=seed, strict=strict, text_col=text_col, label_col=label_col, batch_size=batch_size, runtime=runtime, cache=cache, progress=progress)
+        backbone = "minilm_l6" if guess_modality(data, text_col=d.text_col) == "text" else "efficientnet_lite0"
+    backbone, ranking = resolve_backbone(data, backbone, b.candidates, weights=b.weights, val=d.val, test=d.test, seed=tr.seed, strict=d.strict, text_col=d.text_col, label_col=d.label_col, batch_size=tr.batch_size, runtime=b.runtime, cache=b.cache, progress=o.progress)
 
     t0 = time.perf_counter()
-    splits = load_splits(data, val=val, test=test, seed=seed, strict=strict, text_col=text_col, label_col=label_col)
-    bb = ranking.best_backbone if ranking is not None else create_backbone(backbone, weights=weights)  # the instance scored (random-init too)
+    splits = load_splits(data, val=d.val, test=d.test, seed=tr.seed, strict=d.strict, text_col=d.text_col, label_col=d.label_col)
+    bb = ranking.best_backbone if ranking is not None else create_backbone(backbone, weights=b.weights)  # the instance scored (random-init too)
     if (splits.train.modality == "text") != hasattr(bb, "tokenize"):
         kind = "text" if splits.train.modality == "text" else "image"
         raise HeadstartError(
@@ -183,30 +130,30 @@ def fit(
         )
     if splits.train.modality == "image":
         # auto probes at the probe's size; _auto moves to the training size if it fine-tunes
-        size = resolve_image_size(image_size, bb, splits.train, "linear" if strategy == "auto" else strategy)
+        size = resolve_image_size(d.image_size, bb, splits.train, "linear" if tr.strategy == "auto" else tr.strategy)
         bb.preprocessing = dataclasses.replace(bb.preprocessing, input_size=(size, size))
-        log.info("input size %d px (%s)", size, "auto" if image_size == "auto" else "set")
+        log.info("input size %d px (%s)", size, "auto" if d.image_size == "auto" else "set")
     classes = splits.classes
-    cw = _class_weights(splits.train.labels, len(classes)) if class_weights == "balanced" else None
+    cw = _class_weights(splits.train.labels, len(classes)) if h.class_weights == "balanced" else None
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
     secondary = _secondary_rank()  # a DDP worker process: trains, writes nothing
-    save = save and not secondary
+    save = o.save and not secondary
     run_dir = None
     loop_info: dict[str, Any] = {}
     auto_choice = None
-    if strategy == "auto":
-        train_size = resolve_image_size(image_size, bb, splits.train, "finetune") if splits.train.modality == "image" else None
-        auto_choice = _auto(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience, budget, train_size)
+    if tr.strategy == "auto":
+        train_size = resolve_image_size(d.image_size, bb, splits.train, "finetune") if splits.train.modality == "image" else None
+        auto_choice = _auto(bb, splits, h.kind, tr.seed, cw, tr.batch_size, b.runtime, b.cache, o.progress, h.hidden, h.dropout, timings, epochs, tr.lr, tr.patience, budget, train_size)
         log.info("auto chose %s because %s", auto_choice["strategy"], auto_choice["reason"])
         epochs = auto_choice.get("epochs", epochs)
         if augment is None and auto_choice["strategy"] != "linear":
             augment = auto_choice["augment"] = AUTO_AUGMENT
-    trained = auto_choice["strategy"] if auto_choice is not None else strategy
+    trained = auto_choice["strategy"] if auto_choice is not None else tr.strategy
     if save and trained in LOOP_STRATEGIES and splits.train.modality != "text":
         # A resumable run: its folder and config.yaml exist before the first epoch.
-        run_dir = new_run_dir(out, name=f"{backbone.replace(':', '_').replace('/', '_')}-{strategy}", overwrite=overwrite)
+        run_dir = new_run_dir(out, name=f"{backbone.replace(':', '_').replace('/', '_')}-{tr.strategy}", overwrite=o.overwrite)
         out = run_dir
-        write_config(run_dir, {"status": "training", "resume_args": resume_args})
+        write_config(run_dir, {"status": "training", **rerun})
         os.environ["HEADSTART_RUN_DIR"] = str(run_dir.resolve())  # DDP workers (started from this process) use it too
     elif secondary and trained in LOOP_STRATEGIES and os.environ.get("HEADSTART_RUN_DIR"):
         run_dir = Path(os.environ["HEADSTART_RUN_DIR"])  # checkpoints are collective: every rank takes part
@@ -217,8 +164,8 @@ def fit(
         from .text_finetune import fit_text_finetune
 
         head_mod, history = fit_text_finetune(
-            bb, splits, seed=seed, class_weights=cw, batch_size=batch_size, epochs=epochs, lr=lr, backbone_lr=backbone_lr,
-            patience=patience, progress=progress, dropout=None, timings=timings, runtime=runtime, cache=cache, unfreeze=unfreeze,
+            bb, splits, seed=tr.seed, class_weights=cw, batch_size=tr.batch_size, epochs=epochs, lr=tr.lr, backbone_lr=tr.backbone_lr,
+            patience=tr.patience, progress=o.progress, dropout=None, timings=timings, runtime=b.runtime, cache=b.cache, unfreeze=tr.unfreeze,
         )
     elif auto_choice is not None and trained == "linear":
         head_mod, history = auto_choice.pop("probe")
@@ -226,16 +173,16 @@ def fit(
         from .train.recipes import fit_in_loop
 
         head_mod, history, loop_info = fit_in_loop(
-            bb, splits, strategy=trained, head=head, seed=seed, class_weights=cw, batch_size=batch_size, epochs=epochs, lr=lr,
-            patience=patience, progress=progress, hidden=hidden, dropout=dropout, timings=timings, unfreeze=unfreeze,
-            backbone_lr=backbone_lr, lr_decay=lr_decay, freeze_epochs=freeze_epochs, augment=augment or "none", schedule=schedule,
-            label_smoothing=label_smoothing, clip_grad=clip_grad, activation_cache=activation_cache, run_dir=run_dir,
-            resume=_resuming(run_dir), logger=logger, accelerator=accelerator, devices=devices, dist=dist, precision=precision,
-            runtime=runtime, cache=cache, train_bn=train_bn, max_time=budget.left(_reserve_seconds(splits, timings, budget)),
+            bb, splits, strategy=trained, head=h.kind, seed=tr.seed, class_weights=cw, batch_size=tr.batch_size, epochs=epochs, lr=tr.lr,
+            patience=tr.patience, progress=o.progress, hidden=h.hidden, dropout=h.dropout, timings=timings, unfreeze=tr.unfreeze,
+            backbone_lr=tr.backbone_lr, lr_decay=tr.lr_decay, freeze_epochs=tr.freeze_epochs, augment=augment or "none", schedule=tr.schedule,
+            label_smoothing=tr.label_smoothing, clip_grad=tr.clip_grad, activation_cache=tr.activation_cache, run_dir=run_dir,
+            resume=_resuming(run_dir), logger=o.logger, accelerator=hw.accelerator, devices=hw.devices, dist=hw.dist, precision=hw.precision,
+            runtime=b.runtime, cache=b.cache, train_bn=tr.train_bn, max_time=budget.left(_reserve_seconds(splits, timings, budget)),
             probe=auto_choice.get("probe_score") if auto_choice is not None else None,
         )
     else:
-        head_mod, history = _fit_linear(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience)
+        head_mod, history = _fit_linear(bb, splits, h.kind, tr.seed, cw, tr.batch_size, b.runtime, b.cache, o.progress, h.hidden, h.dropout, timings, epochs, tr.lr, tr.patience)
     if auto_choice is not None and "wide_probe" in auto_choice:
         head_mod, trained = _keep_wide_probe(bb, head_mod, trained, auto_choice, loop_info, history)
     if auto_choice is not None:
@@ -248,17 +195,16 @@ def fit(
     if auto_choice is not None:
         auto_choice.pop("probe", None)
     config = {
-        **copy.deepcopy(resume_args),  # every setting as given (copied: no YAML aliases), with data and backbone as resolved
-        "data": str(data) if not hasattr(data, "classes") else splits.train.source,
-        "backbone": backbone,
+        **copy.deepcopy(rerun),  # every setting as given (copied: no YAML aliases): a valid --config
+        "trained_on": splits.train.source,
+        "backbone": backbone,  # as resolved (backbone auto: the top of the ranking)
         "auto": auto_choice,
         "training": loop_info or None,
-        "resume_args": resume_args,
         "classes": classes,
         "split_sizes": {k: sum(v.values()) for k, v in splits.summary().items()},
         "versions": _versions(),
     }
-    model.info = {"strategy": strategy, "head": head_mod.config()["kind"], "backbone": backbone, "trained_on": splits.train.source}
+    model.info = {"strategy": tr.strategy, "head": head_mod.config()["kind"], "backbone": backbone, "trained_on": splits.train.source}
     metrics: dict[str, Any] = {"strategy": trained, **({"auto": auto_choice} if auto_choice else {}), "classes": classes, "counts": splits.summary(), "problems": [str(p) for ds in (splits.train, splits.val, splits.test) if ds is not None for p in ds.problems]}
     if ranking is not None:  # why this backbone; the report renders metrics["backbone_ranking"]
         config["backbone_selection"] = {"requested": "auto", "candidates": [r.backbone for r in ranking.rows], "score": ranking.score_name}
@@ -266,7 +212,7 @@ def fit(
     eval_ds = splits.test if splits.test is not None and len(splits.test) else splits.val
     if eval_ds is not None and len(eval_ds):
         t = time.perf_counter()
-        proba = model.predict_proba(eval_ds, batch_size=batch_size, runtime=runtime, cache=cache and (trained == "linear" or loop_info.get("best_epoch") == -1))  # an unchanged backbone: its cached features
+        proba = model.predict_proba(eval_ds, batch_size=tr.batch_size, runtime=b.runtime, cache=b.cache and (trained == "linear" or loop_info.get("best_epoch") == -1))  # an unchanged backbone: its cached features
         timings["predict"] = time.perf_counter() - t
         split_name = "test" if eval_ds is splits.test else "val"
         metrics[split_name] = classification_metrics(eval_ds.labels, proba, classes)
@@ -276,7 +222,7 @@ def fit(
     metrics["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
     model.metrics = metrics
     if save:
-        run_dir = new_run_dir(out, name=f"{backbone.replace(':', '_').replace('/', '_')}-{strategy}", overwrite=overwrite)
+        run_dir = new_run_dir(out, name=f"{backbone.replace(':', '_').replace('/', '_')}-{tr.strategy}", overwrite=o.overwrite)
         model.save(run_dir)
         write_config(run_dir, config)
         write_history(run_dir, history)
@@ -289,14 +235,6 @@ def fit(
 
         report_after_fit(run_dir, model, eval_ds if proba is not None else None)
     return model
-
-
-_RESUME_KEYS = (
-    "data", "backbone", "candidates", "strategy", "head", "weights", "val", "test", "seed", "epochs", "lr", "batch_size", "hidden",
-    "dropout", "class_weights", "patience", "strict", "cache", "runtime", "text_col", "label_col", "backbone_lr", "unfreeze",
-    "augment", "schedule", "label_smoothing", "clip_grad", "activation_cache", "freeze_epochs", "lr_decay", "train_bn", "logger",
-    "accelerator", "devices", "dist", "precision", "image_size", "time_limit",
-)
 
 
 def resolve_image_size(image_size: int | str, bb: Any, train: Any, strategy: str = "linear") -> int:
@@ -339,8 +277,6 @@ AUTO_MIN_SIZE = 64
 
 def _resume(run: str | Path, *, progress: bool, data: Any = None):
     """Continue the killed run in folder ``run`` from ``run/checkpoints/last.ckpt`` with its own settings."""
-    import yaml
-
     from .errors import RunFolderError
 
     run = Path(run)
@@ -349,15 +285,30 @@ def _resume(run: str | Path, *, progress: bool, data: Any = None):
         raise RunFolderError(f"{str(run)!r} holds a finished run: there is nothing to resume. Start a new run with --out.")
     if not cfg_path.is_file():
         raise RunFolderError(f"{str(run)!r} has no config.yaml: it is not a run folder written by 'headstart fit' (check the path).")
-    args = (yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}).get("resume_args")
-    if not isinstance(args, dict) or "data" not in args:
-        raise RunFolderError(f"{str(cfg_path)!r} does not record the settings of the run; it cannot be resumed.")
-    if data is not None:
-        args["data"] = data  # e.g. the same in-memory dataset again
-    if not isinstance(args["data"], (str, Path)) and not hasattr(args["data"], "classes"):
+    data_given, settings = read_config(cfg_path)
+    data = data if data is not None else data_given  # e.g. the same in-memory dataset again
+    if data is None:
         raise RunFolderError(f"{str(run)!r} was trained on in-memory data; resume it from Python: fit(data, resume={str(run)!r}).")
     log.info("resuming %s", run)
-    return fit(**args, out=run, progress=progress, overwrite=False)
+    return fit(data, settings, out=str(run), progress=progress, overwrite=False)
+
+
+def read_config(path: str | Path) -> tuple[str | None, Settings]:
+    """``(data, settings)`` recorded in a ``config.yaml`` (a run folder's, or one written by hand:
+    ``data:`` and the ``settings:`` groups, every field optional)."""
+    import yaml
+
+    from .errors import RunFolderError
+
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise RunFolderError(f"Cannot read the config file {str(path)!r}: {e}. Fix: give a YAML file with 'data:' and 'settings:' (e.g. a run folder's config.yaml).") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("settings", {}), dict):
+        raise RunFolderError(f"{str(path)!r} does not record settings ('settings:' with groups data, backbone, head, training, hardware, output).")
+    data = cfg.get("data")
+    return (str(data) if data is not None else None), Settings.from_dict(cfg.get("settings"))
 
 
 def _resuming(run_dir: Path | None) -> bool:

@@ -54,8 +54,8 @@ def compare_row(run_dir: str | Path, *, speed: bool = True) -> dict[str, Any]:
     rec = read_run(run_dir)
     info = rec.meta.get("info", {})
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
-    row.update(run=rec.name, strategy=info.get("strategy", rec.config.get("strategy")), backbone=info.get("backbone", rec.config.get("backbone")),
-               head=info.get("head", rec.config.get("head")))
+    row.update(run=rec.name, strategy=info.get("strategy", rec.setting("strategy")), backbone=info.get("backbone", rec.setting("backbone")),
+               head=info.get("head", rec.setting("head")))
     if rec.predictions is not None:
         m = classification_metrics(rec.predictions.y_true, rec.predictions.proba, rec.predictions.classes)
         row.update(split=rec.predictions.split, n=m["n"], **{k: m.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "log_loss", "ece")})

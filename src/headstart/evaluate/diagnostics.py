@@ -82,8 +82,8 @@ def _underfitting(rec: RunRecord) -> Finding | None:
             "Under-fitting: the model does not even fit its training data",
             f"The best training accuracy is {tr:.1%} (below 80 %).",
             "Train longer (more epochs) or with a higher learning rate"
-            + ("" if rec.config.get("strategy") == "finetune" else ", fine-tune the backbone too (strategy 'finetune')")
-            + ("" if rec.config.get("head") == "mlp" else ", use an MLP head (--head mlp)")
+            + ("" if rec.setting("strategy") == "finetune" else ", fine-tune the backbone too (strategy 'finetune')")
+            + ("" if rec.setting("head") == "mlp" else ", use an MLP head (--head mlp)")
             + ", or use a backbone closer to your data ('headstart rank' scores candidates in seconds). "
             "Also check that the labels are right.",
         )
@@ -96,7 +96,7 @@ def _imbalance(rec: RunRecord) -> Finding | None:
     if len(vals) >= 2 and max(vals) >= 3 * min(vals):
         big = max(counts, key=counts.get)
         small = min((c for c in counts if counts[c] > 0), key=counts.get)
-        cw = rec.config.get("class_weights")
+        cw = rec.setting("class_weights")
         return Finding(
             "Class imbalance",
             f"The training set has {counts[big]} '{big}' but only {counts[small]} '{small}' (ratio {max(vals) / min(vals):.1f}:1). "

@@ -161,7 +161,7 @@ def _gallery_texts(doc: _Doc, rec: RunRecord) -> None:
 def _data_summary(doc: _Doc, rec: RunRecord) -> None:
     counts: dict[str, dict[str, int]] = rec.metrics.get("counts") or {}
     doc.h(2, "Data", "data")
-    src = rec.config.get("data", "")
+    src = rec.setting("data", "")
     doc.p(f"Source: {src} · modality: {rec.modality} · {len(rec.classes)} classes.")
     if counts:
         splits = list(counts)
@@ -233,8 +233,8 @@ def build_report(run_dir: str | Path) -> tuple[str, str, list[str]]:
     plots, failed = make_plots(rec, root / "plots")
     doc = _Doc()
     info = rec.meta.get("info", {})
-    strategy = info.get("strategy", rec.config.get("strategy"))
-    backbone = info.get("backbone", rec.config.get("backbone"))
+    strategy = info.get("strategy", rec.setting("strategy"))
+    backbone = info.get("backbone", rec.setting("backbone"))
     title = f"headstart report: {rec.name}"
     stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime((root / ("model.json" if rec.is_model_run else "curve.csv")).stat().st_mtime)) \
         if (root / ("model.json" if rec.is_model_run else "curve.csv")).exists() else ""
@@ -276,7 +276,7 @@ def build_report(run_dir: str | Path) -> tuple[str, str, list[str]]:
         doc.h(2, "Settings", "settings")
         cfg_text = (root / "config.yaml").read_text(encoding="utf-8")
         keys = ("data", "backbone", "strategy", "head", "epochs", "lr", "batch_size", "seed", "val", "test", "class_weights", "augment")
-        doc.table(["setting", "value"], [[k, str(rec.config[k])] for k in keys if k in rec.config])
+        doc.table(["setting", "value"], [[k, str(rec.setting(k))] for k in keys if rec.setting(k, "-") != "-"])
         doc.pre(cfg_text, "yaml", summary=f"config.yaml: every resolved setting, to repeat the run ({cfg_text.count(chr(10))} lines)")
     doc.p(f"Written by headstart from the run folder {root.resolve()}.", "note")
     html_text = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -297,11 +297,11 @@ def write_report(run_dir: str | Path, *, model: Any = None, eval_ds: Any = None)
     if model is not None and eval_ds is not None and (run_dir / "predictions.csv").is_file():
         from .run_data import read_predictions, save_report_data
 
-        cfg = read_run(run_dir).config
+        rec = read_run(run_dir)
         try:
             save_report_data(run_dir, model, eval_ds, read_predictions(run_dir / "predictions.csv").proba,
-                             cache=bool(cfg.get("cache")) and cfg.get("strategy") == "linear", runtime=str(cfg.get("runtime", "auto")),
-                             batch_size=int(cfg.get("batch_size", 64)))
+                             cache=bool(rec.setting("cache")) and rec.setting("strategy") == "linear", runtime=str(rec.setting("runtime", "auto")),
+                             batch_size=int(rec.setting("batch_size", 64)))
         except Exception as e:  # noqa: BLE001 - the report goes on without the map and the gallery
             log.warning("report_data.npz (features for the t-SNE map, gallery thumbnails) could not be written (%s: %s)", type(e).__name__, e)
     html_text, md_text, _ = build_report(run_dir)

@@ -86,6 +86,22 @@ class RunRecord:
     def modality(self) -> str:
         return str(self.meta.get("modality", "image"))
 
+    def setting(self, name: str, default: Any = None) -> Any:
+        """A setting of the run by its flat name (``"strategy"``, ``"epochs"``, ...): from ``config.yaml``'s
+        ``settings`` groups; ``data`` and ``backbone`` as resolved (top level). Older run folders kept
+        every setting at the top level: read there when ``settings`` is absent."""
+        from ..settings import setting_location
+
+        if name in ("data", "backbone") and self.config.get(name) is not None:
+            return self.config[name]
+        if name == "data":
+            return self.config.get("trained_on", default)
+        groups = self.config.get("settings")
+        if not isinstance(groups, dict):
+            return self.config.get(name, default)
+        group, attr = setting_location(name)
+        return (groups.get(group) or {}).get(attr, default)
+
     @property
     def is_model_run(self) -> bool:
         return bool(self.meta)
