@@ -14,7 +14,8 @@ import pytest
 import headstart
 from headstart.data import make_shapes
 from headstart.errors import HeadstartError
-from headstart.evaluate.curve import method_summary, subsample, summarize_curve, transfer_curve
+from headstart.evaluate.report import summarize_curve
+from headstart.experiments.curve import method_summary, subsample, transfer_curve
 
 BIN = Path(sys.executable).with_name("headstart")
 COMMAND = [str(BIN)] if BIN.is_file() else [sys.executable, "-m", "headstart.cli"]

@@ -280,7 +280,7 @@ def _history(run: Path) -> list[dict]:
 
 
 def test_unfreeze_from_top_plan():
-    from headstart.text_finetune import unfreeze_from_top_plan
+    from headstart.train.text_recipe import unfreeze_from_top_plan
 
     plan = unfreeze_from_top_plan(4, 2, 1e-3, 2e-5)
     assert [(s.unfreeze, s.epochs) for s in plan] == [(2, 1), (4, 1)]

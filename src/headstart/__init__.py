@@ -8,6 +8,37 @@ The public API fits on one page::
     model = headstart.load("runs/NAME")
 
 Names are imported on first use, so ``import headstart`` is cheap and changes no global state.
+
+Layers. The packages and top-level modules below ``headstart`` form layers, and a module imports
+only from layers below its own (``tests/test_layers.py`` reads every import, those inside functions
+too). Bottom to top, as :data:`LAYERS` lists them (``|`` joins the units of one layer, which do not
+import each other)::
+
+    errors | _io | _util -> data -> backbones -> heads | features -> train -> evaluate | run_folder
+    -> model -> select -> fitting -> experiments | demo -> cli
+
+- ``errors``, ``_io``, ``_util``: exceptions; atomic writes and file hashes; CPU cores and the
+  weights hash that backbones and features share. They import nothing of headstart.
+- ``data`` loads datasets; ``backbones`` builds pretrained models; ``heads`` are classifiers on
+  features; ``features`` extracts and caches a backbone's features of a dataset.
+- ``train``: the one training loop and the recipes ``fit`` runs in it (images: ``train.recipes``;
+  texts: ``train.text_recipe``).
+- ``evaluate``: metrics, plots and reports from saved results, never training; ``run_folder``
+  writes a run's files.
+- ``model``: a trained backbone and head, saved and loaded.
+- ``select``: transferability scores (it loads a previous run's head, through ``model``, to score
+  a ``run:`` backbone).
+- ``fitting``: ``fit``. ``experiments``: what calls ``fit`` many times (``headstart curve``);
+  ``demo``. ``cli``: thin commands over all of these.
+
+Three upward imports remain, each inside one function and allowed by name in the test:
+
+- ``heads.mlp`` -> ``train``: the MLP head's fitter runs the one training loop, and the training
+  recipes build heads (the loop itself, ``train.loop``, imports no head);
+- ``backbones.run_backbone`` -> ``model``: the ``run:<folder>`` backbone reads a run folder with
+  ``model``'s reader, which stays next to its writer (``Model.save``);
+- ``evaluate.compare`` -> ``model``: ``headstart compare`` times each run's forward pass, which
+  needs the model loaded, while ``model`` uses ``evaluate.metrics`` for ``Model.evaluate``.
 """
 
 from __future__ import annotations
@@ -15,6 +46,21 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
+
+#: The layers of the package, bottom first (see the module doc); ``tests/test_layers.py`` enforces them.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors", "_io", "_util"),
+    ("data",),
+    ("backbones",),
+    ("heads", "features"),
+    ("train",),
+    ("evaluate", "run_folder"),
+    ("model",),
+    ("select",),
+    ("fitting",),
+    ("experiments", "demo"),
+    ("cli",),
+)
 
 _EXPORTS = {
     "fit": "headstart.fitting",

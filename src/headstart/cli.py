@@ -268,7 +268,8 @@ def curve(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default runs/curve-<time>); may be a run folder."),
 ) -> None:
     """Accuracy vs labels per class: linear probe and fine-tuning of a pretrained backbone vs training from scratch."""
-    from .evaluate.curve import summarize_curve, transfer_curve
+    from .evaluate.report import summarize_curve
+    from .experiments.curve import transfer_curve
 
     if not logging.getLogger().isEnabledFor(logging.INFO):  # without -v: one line per fit, not every fit's logs
         logging.getLogger("headstart").setLevel(logging.WARNING)

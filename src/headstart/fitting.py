@@ -43,7 +43,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
     Texts: a CSV/TSV/JSONL table (``text_col``/``label_col``, auto-detected by default) or a folder
     of ``.txt`` files per class; ``strategy="finetune"`` on texts trains the head on the frozen
     encoder first, then unfreezes it from the top (encoder at ``backbone_lr``, default 2e-5; see
-    :mod:`headstart.text_finetune`).
+    :mod:`headstart.train.text_recipe`).
 
     ``data``: a folder (``root/<class>/*``, with optional train/val/test subfolders), a CSV manifest
     (``path,label``), an ``.npz`` of arrays, ``"shapes:<names>"``, or a LabeledDataset/Splits.
@@ -160,8 +160,8 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
 
     if trained in LOOP_STRATEGIES and splits.train.modality == "text":
         # Texts: 'finetune' and 'progressive' are one recipe (BERT/ULMFiT): the head on the frozen encoder's
-        # cached features, then the encoder unfrozen from the top, one more layer group per epoch (text_finetune).
-        from .text_finetune import fit_text_finetune
+        # cached features, then the encoder unfrozen from the top, one more layer group per epoch (train.text_recipe).
+        from .train.text_recipe import fit_text_finetune
 
         head_mod, history = fit_text_finetune(
             bb, splits, seed=tr.seed, class_weights=cw, batch_size=tr.batch_size, epochs=epochs, lr=tr.lr, backbone_lr=tr.backbone_lr,

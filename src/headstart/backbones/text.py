@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from .._io import sha256_file
+from .._util import state_dict_sha256
 from ..errors import BackboneError, WeightsUnavailableError
 from .base import Backbone, BackboneSpec, Provenance, TextPreprocessing
 from .registry import register_backbone, register_family
@@ -270,8 +271,6 @@ def _weights_hash(folder: Path, encoder: nn.Module) -> str:
     for cand in ("model.safetensors", "pytorch_model.bin"):
         if (folder / cand).is_file():
             return file_sha256(folder / cand)
-    from ..features.cache import state_dict_sha256
-
     return state_dict_sha256(encoder)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._util import available_cores
 from ..errors import BackboneError, WeightsUnavailableError
 from .base import BackboneSpec, Provenance, TextPreprocessing
 from .registry import register_backbone
@@ -184,7 +185,6 @@ class OnnxTextBackbone(TextBackbone):
 
     def session(self):
         if self._session is None:
-            from ..features.runtime import available_cores
             import onnxruntime as ort
 
             so = ort.SessionOptions()

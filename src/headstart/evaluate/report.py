@@ -9,7 +9,8 @@ newlines are neutralised in table cells).
 Sections: headline metrics, diagnostics (:mod:`.diagnostics`), metrics, per-class metrics, plots
 (:mod:`.plots`), most confidently wrong examples, data summary, backbone ranking (when ``fit`` ran
 with ``--backbone auto``), transfer vs. scratch (when the folder holds ``curve.csv``), timings,
-settings. A folder written by ``headstart curve`` gets a report of its curve alone.
+settings. A folder written by ``headstart curve`` gets a report of its curve alone (:func:`summarize_curve`:
+its accuracy per fraction and method, mean ± sd over seeds).
 
 :func:`write_report` is what ``headstart report RUN`` runs; :func:`report_after_fit` is the end of
 every ``fit``: it never raises, so a plotting failure cannot lose a trained run.
@@ -184,9 +185,16 @@ def _ranking(doc: _Doc, ranking: list[dict[str, Any]]) -> None:
     doc.table(cols, [[r.get(c) for c in cols] for r in sorted(ranking, key=lambda r: r.get("rank", 0))])
 
 
-def _curve(doc: _Doc, rec: RunRecord, plots: dict[str, Path], root: Path) -> None:
-    from .curve import summarize_curve
+def summarize_curve(rows: list[dict[str, Any]]) -> dict[tuple[float, str], str]:
+    """``{(fraction, method): "mean ± sd"}`` of the test accuracy over seeds."""
+    out = {}
+    for key in dict.fromkeys((r["fraction"], r["method"]) for r in rows):
+        acc = np.asarray([r["accuracy"] for r in rows if (r["fraction"], r["method"]) == key], dtype=np.float64)
+        out[key] = f"{acc.mean():.3f} ± {acc.std(ddof=1) if len(acc) > 1 else 0.0:.3f}"
+    return out
 
+
+def _curve(doc: _Doc, rec: RunRecord, plots: dict[str, Path], root: Path) -> None:
     doc.h(2, "Transfer vs. scratch", "curve")
     s = rec.curve_summary
     if s:

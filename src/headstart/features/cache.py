@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
-import torch
 
 from .._io import atomic_path
+from .._util import state_dict_sha256
 
 logger = logging.getLogger("headstart.features")
 
@@ -42,16 +42,6 @@ def default_cache_dir() -> Path:
     """``$HEADSTART_CACHE`` when set, else ``~/.cache/headstart``."""
     env = os.environ.get("HEADSTART_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "headstart"
-
-
-def state_dict_sha256(module: torch.nn.Module) -> str:
-    """sha256 over a module's state dict (names, dtypes, shapes and raw bytes), in key order."""
-    h = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def backbone_fingerprint(backbone) -> str:

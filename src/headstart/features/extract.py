@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from .._util import available_cores
 from ..data.dataset import LabeledDataset, TorchDataset
 from .cache import FeatureCache, backbone_fingerprint, default_cache_dir, item_keys
-from .runtime import RUNTIMES, available_cores, make_runner
+from .runtime import RUNTIMES, make_runner
 
 logger = logging.getLogger("headstart.features")
 

@@ -20,7 +20,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import threading
 import time
 import warnings
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from .._io import atomic_path, write_json
+from .._util import available_cores
 
 logger = logging.getLogger("headstart.features")
 
@@ -43,14 +43,6 @@ class Runner(Protocol):
     name: str
 
     def __call__(self, x: torch.Tensor) -> np.ndarray: ...
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (affinity-aware)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class TorchRunner:

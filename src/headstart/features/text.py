@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from .._io import atomic_path
+from .._util import available_cores
 from ..data.dataset import LabeledDataset
 from .cache import FeatureCache, backbone_fingerprint, default_cache_dir, item_keys
-from .runtime import OPSET, _device_of, _ov_compiled, available_cores, compare_outputs, onnx_path, verified_onnx, verified_openvino
+from .runtime import OPSET, _device_of, _ov_compiled, compare_outputs, onnx_path, verified_onnx, verified_openvino
 
 logger = logging.getLogger("headstart.features")
 

@@ -4,7 +4,8 @@
 :class:`TrainResult`; :class:`ClassifierModule` is the LightningModule behind it. Strategies are
 plans of :class:`Stage` s (:mod:`.strategies`); freezing works on the backbone's layer groups
 (:mod:`.freeze`); augmentation presets (:mod:`.augment`); the activation cache of a frozen prefix
-(:mod:`.cache`); resumable checkpoints (:mod:`.checkpoint`).
+(:mod:`.cache`); resumable checkpoints (:mod:`.checkpoint`). The recipes ``fit`` runs in the loop:
+images (:mod:`.recipes`) and text fine-tuning (:mod:`.text_recipe`).
 """
 
 from .checkpoint import AtomicCheckpointIO, EpochShuffle, make_loader

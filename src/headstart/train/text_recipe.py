@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import HeadstartError
-from .train import Stage
+from ..errors import HeadstartError
+from .strategies import Stage
 
 log = logging.getLogger("headstart")
 
@@ -63,7 +63,7 @@ def text_loaders(backbone, splits, batch_size: int, seed: int) -> tuple[Any, Any
     """Training (shuffled, seeded) and validation loaders of ``(token dict, labels)`` batches."""
     from torch.utils.data import DataLoader
 
-    from .data import TorchDataset
+    from ..data import TorchDataset
 
     g = torch.Generator().manual_seed(seed)
     identity = str
@@ -98,9 +98,9 @@ def fit_text_finetune(
     Returns ``(head, history)``; ``bb`` is trained in place (its provenance then says so and its
     weights hash is reset, so feature caches no longer match it).
     """
-    from .features import extract_features
-    from .heads import create_head, feature_loader
-    from .train import train_classifier
+    from ..features import extract_features
+    from ..heads import create_head, feature_loader
+    from .loop import train_classifier
 
     if not list(bb.parameters()) or not bb.layer_groups():
         raise HeadstartError(

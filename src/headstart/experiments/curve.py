@@ -69,15 +69,6 @@ def _parse_fractions(fractions: Sequence[float] | str) -> list[float]:
     return fr
 
 
-def summarize_curve(rows: list[dict[str, Any]]) -> dict[tuple[float, str], str]:
-    """``{(fraction, method): "mean ± sd"}`` of the test accuracy over seeds."""
-    out = {}
-    for key in dict.fromkeys((r["fraction"], r["method"]) for r in rows):
-        acc = np.asarray([r["accuracy"] for r in rows if (r["fraction"], r["method"]) == key], dtype=np.float64)
-        out[key] = f"{acc.mean():.3f} ± {acc.std(ddof=1) if len(acc) > 1 else 0.0:.3f}"
-    return out
-
-
 def method_summary(rows: list[dict[str, Any]], target: float | None) -> dict[str, dict[str, Any]]:
     """Per method: labels per class and seconds per fit at the first fraction whose mean accuracy
     reaches ``target``; total wall and CPU seconds of all its fits."""
@@ -185,7 +176,7 @@ def transfer_curve(
 
     write_json(out_dir / "curve.json", summary)
     if report:
-        from .report import write_report
+        from ..evaluate.report import write_report
 
         try:
             write_report(out_dir)

@@ -1,0 +1,30 @@
+"""Small helpers used on several layers (backbones and features): usable CPU cores, a module's weights hash.
+
+They sit at the bottom with :mod:`headstart._io` and :mod:`headstart.errors`, so that a backbone can use
+them without importing :mod:`headstart.features`, which sits above the backbones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import torch
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (affinity-aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """sha256 over a module's state dict (names, dtypes, shapes and raw bytes), in key order."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
