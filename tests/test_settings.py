@@ -16,6 +16,8 @@ from headstart.settings import Settings, flat_name, setting_fields
 
 # A value other than the default for every setting, as Python gives it and as the command line spells it.
 # A new setting fails test_every_setting_has_a_non_default_case until it is added here.
+# Settings that only mean something with another one: method options need a method.
+CONTEXT = {"method_opt": {"method": "focal"}}
 NON_DEFAULT = {
     "val": (0.2, ["--val", "0.2"]), "test": (0.1, ["--test", "0.1"]), "strict": (True, ["--strict"]),
     "text_col": ("body", ["--text-col", "body"]), "label_col": ("y", ["--label-col", "y"]), "image_size": (96, ["--image-size", "96"]),
@@ -30,7 +32,8 @@ NON_DEFAULT = {
     "activation_cache": (False, ["--no-activation-cache"]), "train_bn": (True, ["--train-bn"]), "time_limit": (60.0, ["--time-limit", "60"]),
     "accelerator": ("cpu", ["--accelerator", "cpu"]), "devices": (2, ["--devices", "2"]), "dist": ("ddp", ["--dist", "ddp"]),
     "precision": ("bf16-mixed", ["--precision", "bf16-mixed"]), "out": ("runs/x", ["-o", "runs/x"]), "overwrite": (True, ["--overwrite"]),
-    "logger": ("tensorboard", ["--logger", "tensorboard"]),
+    "logger": ("tensorboard", ["--logger", "tensorboard"]), "method": ("focal", ["--method", "focal"]),
+    "method_opt": ({"gamma": 3.0, "alpha": 0.25}, ["--method", "focal", "--method-opt", "gamma=3", "--method-opt", "alpha=0.25"]),
     "save": (False, None), "progress": (True, None),  # Python only: the command line always saves and shows progress
 }
 
@@ -56,8 +59,8 @@ def captured(monkeypatch):
 def test_every_setting_has_a_non_default_case():
     names = [flat_name(f) for _, f in setting_fields()]
     assert sorted(names) == sorted(NON_DEFAULT)
-    for _, f in setting_fields():
-        assert NON_DEFAULT[flat_name(f)][0] != f.default, flat_name(f)
+    for group, f in setting_fields():
+        assert NON_DEFAULT[flat_name(f)][0] != getattr(getattr(Settings(), group), f.name), flat_name(f)
 
 
 def test_defaults_agree_between_cli_python_and_file(captured):
@@ -69,7 +72,7 @@ def test_defaults_agree_between_cli_python_and_file(captured):
 @pytest.mark.parametrize("name", sorted(NON_DEFAULT))
 def test_each_setting_from_cli_python_and_file(name, captured):
     value, argv = NON_DEFAULT[name]
-    python = Settings.from_flat(**{name: value})
+    python = Settings.from_flat(**CONTEXT.get(name, {}), **{name: value})
     assert python.flat()[name] == value
     assert Settings.from_dict(yaml.safe_load(yaml.safe_dump(python.to_dict()))) == python  # YAML round trip, exact
     if argv is not None:  # the option exists and gives the same value
@@ -79,7 +82,7 @@ def test_each_setting_from_cli_python_and_file(name, captured):
 
 def test_all_settings_at_once_round_trip(captured):
     python = Settings.from_flat(**{k: v for k, (v, _) in NON_DEFAULT.items()})
-    argv = [a for _, (_, args) in NON_DEFAULT.items() if args for a in args]
+    argv = [a for name, (_, args) in NON_DEFAULT.items() if args and name != "method" for a in args]
     _, from_cli = captured("data/", *argv)
     assert from_cli == python.replace(save=True)  # save is Python-only
     assert Settings.from_dict(yaml.safe_load(yaml.safe_dump(python.to_dict()))) == python
@@ -137,3 +140,82 @@ def test_config_yaml_of_a_run_reproduces_it_exactly(tmp_path):
     ca, cb = (yaml.safe_load((run / "config.yaml").read_text()) for run in (first, again))
     assert {**ca["settings"], "output": None} == {**cb["settings"], "output": None}
     assert ca["settings"]["training"]["seed"] == 5 and ca["data"] == cb["data"] == "shapes:circle,square,triangle"
+
+
+# --- the method slot ---------------------------------------------------------------------------------
+
+def test_focal_with_gamma_0_is_cross_entropy():
+    import torch
+    import torch.nn.functional as F
+
+    from headstart.methods.focal import focal_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(64, 5, generator=g), torch.randint(0, 5, (64,), generator=g)
+    w = torch.rand(5, generator=g) + 0.5
+    assert torch.allclose(focal_loss(logits, y, gamma=0.0), F.cross_entropy(logits, y), atol=1e-6)
+    assert torch.allclose(focal_loss(logits, y, gamma=0.0, weight=w), F.cross_entropy(logits, y, weight=w), atol=1e-6)
+    # gamma > 0 lowers every item's loss, the confident ones most
+    p = logits.softmax(1).gather(1, y[:, None]).squeeze(1)
+    per_item = -(1 - p) ** 2 * p.log()
+    assert torch.allclose(focal_loss(logits, y, gamma=2.0), per_item.mean(), atol=1e-6)
+    # alpha weights class 1 of a binary task
+    lb, yb = logits[:, :2], (y > 1).long()
+    pb = lb.softmax(1).gather(1, yb[:, None]).squeeze(1)
+    a = torch.where(yb == 1, 0.25, 0.75)
+    assert torch.allclose(focal_loss(lb, yb, gamma=1.0, alpha=0.25), (-a * (1 - pb) * pb.log()).sum() / a.sum(), atol=1e-6)
+    with pytest.raises(HeadstartError, match="alpha weights class 1 of a binary task"):
+        focal_loss(logits, y, alpha=0.25)
+
+
+def test_methods_registry_and_bad_methods():
+    from headstart.methods import Method, create_method, list_methods, register_method
+
+    assert "focal" in list_methods() and create_method("focal", {"gamma": "0.5"}).options.gamma == 0.5
+    with pytest.raises(ValueError, match="empty or taken"):
+        register_method(type("Again", (Method,), {"name": "focal"}))
+    with pytest.raises(HeadstartError, match="trains through the loop"):
+        headstart.fit("shapes:circle,square", method="focal", save=False)
+
+
+def test_focal_end_to_end_on_the_command_line(tmp_path):
+    """``headstart fit data --method focal --method-opt gamma=2``: trains with it, records it, the report shows it."""
+    from test_fit import write_folder
+
+    data = write_folder(tmp_path / "data", {"circle": 30, "square": 12})
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["fit", str(data), "-b", "tiny_cnn", "-s", "finetune", "--unfreeze", "all", "--epochs", "2",
+                                 "--method", "focal", "--method-opt", "gamma=2", "--out", str(run)])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["settings"]["method"] == {"name": "focal", "options": {"gamma": 2.0}}
+    html = (run / "report.html").read_text()
+    assert "focal" in html and "gamma" in html
+    assert len((run / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs (the loop ran it: test below)
+
+
+def test_the_loop_trains_with_the_method_criterion():
+    """The method's criterion replaces the training loss; validation keeps cross-entropy."""
+    import torch
+
+    from headstart.heads import create_head, feature_loader
+    from headstart.methods import create_method
+    from headstart.train import train_classifier
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 8, generator=g), torch.randint(0, 3, (96,), generator=g)
+    calls = []
+    focal = create_method("focal", {"gamma": 2})
+    crit = focal.criterion()
+
+    def spy(module, logits, yy):
+        calls.append(1)
+        return crit(module, logits, yy)
+
+    head = create_head("linear", 8, 3)
+    res = train_classifier(None, head, feature_loader(x, y, batch_size=32, shuffle=True),
+                           feature_loader(x, y, batch_size=32, shuffle=False), epochs=2, lr=1e-2, seed=0, criterion=spy, patience=None)
+    assert len(calls) == 6  # 3 batches x 2 epochs
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy(head.eval()(x), y).item()
+    assert res.history[-1]["val_loss"] == pytest.approx(ce, rel=1e-4)

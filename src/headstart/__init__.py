@@ -14,12 +14,13 @@ only from layers below its own (``tests/test_layers.py`` reads every import, tho
 too). Bottom to top, as :data:`LAYERS` lists them (``|`` joins the units of one layer, which do not
 import each other)::
 
-    errors | _io | _util -> data | settings -> backbones -> heads | features -> train -> evaluate | run_folder
+    errors | _io | _util -> data | methods -> settings -> backbones -> heads | features -> train -> evaluate | run_folder
     -> model -> select -> fitting -> experiments | demo -> cli
 
 - ``errors``, ``_io``, ``_util``: exceptions; atomic writes and file hashes; CPU cores and the
   weights hash that backbones and features share. They import nothing of headstart.
-- ``data`` loads datasets; ``settings`` is every setting of a fit, typed and validated (what
+- ``data`` loads datasets; ``methods`` are what a fit can add to the training loop (focal loss,
+  ...), by name; ``settings`` is every setting of a fit, typed and validated (what
   ``fit``, the command line and ``config.yaml`` share); ``backbones`` builds pretrained models; ``heads`` are classifiers on
   features; ``features`` extracts and caches a backbone's features of a dataset.
 - ``train``: the one training loop and the recipes ``fit`` runs in it (images: ``train.recipes``;
@@ -51,7 +52,8 @@ __version__ = "0.1.0"
 #: The layers of the package, bottom first (see the module doc); ``tests/test_layers.py`` enforces them.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "_io", "_util"),
-    ("data", "settings"),
+    ("data", "methods"),
+    ("settings",),
     ("backbones",),
     ("heads", "features"),
     ("train",),

@@ -12,7 +12,7 @@ import sys
 # make torch 10-25x slower, so let them sleep (before torch is imported; the library sets nothing).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -86,16 +86,18 @@ def _fit(
         if data is None:
             raise HeadstartError("Give the DATA to train on (or --resume RUN to continue a killed run, or --config FILE naming its data).")
         # options left out are None: the file's value (or the default) stays
-        model = fit_fn(data, base, progress=True, **{k: v for k, v in given.items() if v is not None})
+        model = fit_fn(data, base, progress=True, **{k: v for k, v in given.items() if v is not None and v != []})
     if not getattr(model, "metrics", None):
         return  # a DDP worker process: rank 0 prints the summary
     _print_fit_summary(model)
 
 
-def _cli_type(annotation: str) -> type:
+def _cli_type(annotation: str) -> Any:
     """The command-line type of a settings field from its annotation: bool, float, int, else str
     (``int | str`` fields such as ``devices``/``unfreeze``/``image_size`` are parsed by the settings)."""
     kinds = {k.strip() for k in annotation.split("|")} - {"None"}
+    if kinds == {"dict"}:
+        return List[str]  # KEY=VALUE, repeatable
     for name, kind in (("bool", bool), ("float", float), ("int", int)):
         if kinds == {name}:
             return kind

@@ -93,6 +93,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
     s = Settings.from_flat(settings, **overrides)  # validated here, in one place
     d, b, h, tr, hw, o = s.data, s.backbone, s.head, s.training, s.hardware, s.output
     backbone, epochs, augment, out = b.name, tr.epochs, tr.augment, o.out  # resolved or decided below
+    method = _create_method(s)
     from .train.budget import Budget
 
     budget = Budget(tr.time_limit)  # the whole call counts, backbone ranking and the report included
@@ -166,6 +167,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         head_mod, history = fit_text_finetune(
             bb, splits, seed=tr.seed, class_weights=cw, batch_size=tr.batch_size, epochs=epochs, lr=tr.lr, backbone_lr=tr.backbone_lr,
             patience=tr.patience, progress=o.progress, dropout=None, timings=timings, runtime=b.runtime, cache=b.cache, unfreeze=tr.unfreeze,
+            method=method,
         )
     elif auto_choice is not None and trained == "linear":
         head_mod, history = auto_choice.pop("probe")
@@ -179,7 +181,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
             label_smoothing=tr.label_smoothing, clip_grad=tr.clip_grad, activation_cache=tr.activation_cache, run_dir=run_dir,
             resume=_resuming(run_dir), logger=o.logger, accelerator=hw.accelerator, devices=hw.devices, dist=hw.dist, precision=hw.precision,
             runtime=b.runtime, cache=b.cache, train_bn=tr.train_bn, max_time=budget.left(_reserve_seconds(splits, timings, budget)),
-            probe=auto_choice.get("probe_score") if auto_choice is not None else None,
+            probe=auto_choice.get("probe_score") if auto_choice is not None else None, method=method,
         )
     else:
         head_mod, history = _fit_linear(bb, splits, h.kind, tr.seed, cw, tr.batch_size, b.runtime, b.cache, o.progress, h.hidden, h.dropout, timings, epochs, tr.lr, tr.patience)
@@ -377,6 +379,21 @@ def _auto(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidd
     if out["strategy"] != "linear" and score is not None:
         out["probe_score"] = (probe[0], score)  # fine-tuning starts from this probe (not fit twice)
     return out
+
+
+def _create_method(s: Settings):
+    """The method of ``s`` (``None`` without one); only the training loop runs methods."""
+    if s.method.name is None:
+        return None
+    from .methods import create_method
+
+    if s.training.strategy == "linear":
+        raise HeadstartError(f"Method {s.method.name!r} trains through the loop, and strategy 'linear' fits a probe on frozen features "
+                             "without it. Fix: use --strategy finetune, progressive or auto.")
+    method = create_method(s.method.name, s.method.options)
+    if method.needs:
+        raise HeadstartError(f"Method {s.method.name!r} needs {', '.join(method.needs)}, which fit cannot load yet.")
+    return method
 
 
 def _val_score(bb, head_mod, splits, cw, batch_size, runtime, cache):

@@ -212,6 +212,43 @@ class OutputSettings:
             object.__setattr__(self, "out", str(self.out))
 
 
+@dataclass(frozen=True)
+class MethodSettings:
+    """A method added to the training loop (:mod:`headstart.methods`) and its options."""
+
+    name: str | None = opt(None, "A method added to the training loop (see headstart.methods), e.g. focal.", flat="method")
+    options: dict = opt(None, "Options of --method as KEY=VALUE (repeatable), e.g. gamma=2.", flat="method_opt", cli=("--method-opt",))
+
+    def __post_init__(self) -> None:
+        from .methods import parse_options
+
+        options = _key_values(self.options)
+        if self.name is None:
+            if options:
+                raise HeadstartError(f"Method options {options} were given without a method. Fix: add --method NAME (e.g. focal).")
+            object.__setattr__(self, "options", {})
+            return
+        typed = parse_options(self.name, options)  # unknown methods and options, wrong types: named errors
+        object.__setattr__(self, "options", {k: getattr(typed, k) for k in options})
+
+
+def _key_values(value: Any) -> dict:
+    """``{"gamma": "2"}`` from a mapping, or from ``["gamma=2", ...]`` as the command line gives them."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str):
+        value = [value]
+    out = {}
+    for item in value:
+        key, sep, val = str(item).partition("=")
+        if not sep or not key.strip():
+            raise HeadstartError(f"A method option must be KEY=VALUE (e.g. gamma=2); got {item!r}.")
+        out[key.strip()] = val.strip()
+    return out
+
+
 def _int_or(value: Any) -> Any:
     """``"3"`` -> 3 (command-line and YAML strings); anything else as it is."""
     if isinstance(value, str):
@@ -224,7 +261,7 @@ def _int_or(value: Any) -> Any:
 
 GROUPS: dict[str, type] = {
     "data": DataSettings, "backbone": BackboneSettings, "head": HeadSettings,
-    "training": TrainingSettings, "hardware": HardwareSettings, "output": OutputSettings,
+    "training": TrainingSettings, "method": MethodSettings, "hardware": HardwareSettings, "output": OutputSettings,
 }
 
 
@@ -258,6 +295,7 @@ class Settings:
     backbone: BackboneSettings = field(default_factory=BackboneSettings)
     head: HeadSettings = field(default_factory=HeadSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    method: MethodSettings = field(default_factory=MethodSettings)
     hardware: HardwareSettings = field(default_factory=HardwareSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
 

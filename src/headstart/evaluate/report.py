@@ -283,8 +283,8 @@ def build_report(run_dir: str | Path) -> tuple[str, str, list[str]]:
     if (root / "config.yaml").is_file():
         doc.h(2, "Settings", "settings")
         cfg_text = (root / "config.yaml").read_text(encoding="utf-8")
-        keys = ("data", "backbone", "strategy", "head", "epochs", "lr", "batch_size", "seed", "val", "test", "class_weights", "augment")
-        doc.table(["setting", "value"], [[k, str(rec.setting(k))] for k in keys if rec.setting(k, "-") != "-"])
+        keys = ("data", "backbone", "strategy", "head", "epochs", "lr", "batch_size", "seed", "val", "test", "class_weights", "augment", "method", "method_opt")
+        doc.table(["setting", "value"], [[k, str(rec.setting(k))] for k in keys if rec.setting(k, "-") not in ("-", None, {})])
         doc.pre(cfg_text, "yaml", summary=f"config.yaml: every resolved setting, to repeat the run ({cfg_text.count(chr(10))} lines)")
     doc.p(f"Written by headstart from the run folder {root.resolve()}.", "note")
     html_text = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

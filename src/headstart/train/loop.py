@@ -293,6 +293,7 @@ def train_classifier(
     max_time: float | None = None,
     extra_losses: Sequence[LossTerm] = (),
     callbacks: Sequence[Callback] = (),
+    criterion: Any = None,
     staged: Any = None,
     quiet: bool = True,
 ) -> TrainResult:
@@ -319,6 +320,7 @@ def train_classifier(
     the validation :class:`~.selection.Score` of the starting weights (e.g. a linear probe's); they
     are kept (``best_epoch == -1``) unless an epoch beats them by :func:`~.selection.better`, the rule
     that also picks the best epoch.
+    ``criterion``: a method's training loss in place of cross-entropy (validation keeps cross-entropy).
     ``extra_losses``/``callbacks``: loss terms and Lightning callbacks of the methods built on
     this loop. ``staged``: a :class:`~.cache.StagedActivations` that gives each stage loaders over
     the activations at its own frozen boundary (``train_loader``/``val_loader`` are then ignored).
@@ -353,7 +355,7 @@ def train_classifier(
 
     module = (ClassifierModule if staged is None else _StagedModule)(
         backbone, head, lr=lr, backbone_lr=backbone_lr, weight_decay=weight_decay,
-        class_weights=class_weights, label_smoothing=label_smoothing, extra_losses=extra_losses,
+        class_weights=class_weights, label_smoothing=label_smoothing, extra_losses=extra_losses, criterion=criterion,
         group_lrs=[stages[0].group_lrs[i] for i in range(n_groups)] if len(stages[0].group_lrs) == n_groups else None,
         schedule=schedule, train_bn=train_bn, bn_stats_frozen=bn_stats_frozen, start_group=start_group,
     )

@@ -83,6 +83,7 @@ class ClassifierModule(L.LightningModule):
         train_bn: bool = False,
         bn_stats_frozen: bool = False,
         start_group: int = 0,
+        criterion: Callable[["ClassifierModule", torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ):
         super().__init__()
         if lr <= 0 or (backbone_lr is not None and backbone_lr < 0):
@@ -103,6 +104,7 @@ class ClassifierModule(L.LightningModule):
         self.bn_stats_frozen = bool(bn_stats_frozen)
         self.start_group = int(start_group)
         self.stage: dict[str, Any] = {}
+        self.criterion = criterion  # a method's training loss (headstart.methods); validation keeps cross-entropy
         self.extra_losses: list[LossTerm] = list(extra_losses)
         self.loss_modules = nn.ModuleList([t for t in self.extra_losses if isinstance(t, nn.Module)])
         cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32).reshape(-1)
@@ -195,7 +197,7 @@ class ClassifierModule(L.LightningModule):
         x, y = batch[0], batch[1]
         feats = self.features(x)
         logits = self.head(feats)
-        ce = self.loss(logits, y)
+        ce = self.loss(logits, y) if self.criterion is None else self.criterion(self, logits, y)
         loss = ce
         if self.extra_losses:
             outputs = {"features": feats, "logits": logits, "ce": ce}

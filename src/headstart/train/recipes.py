@@ -103,12 +103,14 @@ def fit_in_loop(
     activation_cache: bool = True, run_dir: Path | None = None, resume: bool = False, logger: str = "csv",
     accelerator: str = "auto", devices: int | str = 1, dist: str = "auto", precision: str | None = None,
     num_workers: int = 0, head_init: str = "probe", runtime: str = "auto", cache: bool = True, train_bn: bool = False,
-    max_time: float | None = None, probe: tuple[Any, Score] | None = None,
+    max_time: float | None = None, probe: tuple[Any, Score] | None = None, method: Any = None,
 ) -> tuple[Any, list[dict], dict[str, Any]]:
     """Train ``bb`` + a new head on ``splits`` with the plan of ``strategy``; return ``(head, history, info)``.
 
     ``probe``: a ``(head, validation Score)`` already fit on the frozen features (``auto``'s), used
     as the starting head instead of fitting it again. ``max_time``: seconds for the loop.
+    ``method``: a :class:`headstart.methods.Method` whose training loss, loss terms and callbacks
+    the loop uses.
     """
     from ..data import TorchDataset
     from ..heads import create_head
@@ -195,6 +197,7 @@ def fit_in_loop(
         log_dir=run_dir / "logs" if run_dir is not None else None, logger=logger,
         checkpoint_dir=run_dir / "checkpoints" if run_dir is not None else None, resume=resume,
         accelerator=accelerator, devices=devices, dist=dist, precision=precision, max_time=max_time, staged=staged,
+        **({"criterion": method.criterion(), "extra_losses": method.loss_terms(), "callbacks": method.callbacks()} if method is not None else {}),
     )
     timings["train"] = time.perf_counter() - t
     if staged is not None:

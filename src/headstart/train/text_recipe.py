@@ -92,8 +92,10 @@ def fit_text_finetune(
     cache: bool = True,
     head_epochs: int = 20,
     unfreeze: int | str | None = None,
+    method: Any = None,
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Stage 1 (head on frozen, cached features) then stage 2 (progressive unfreezing); see the module doc.
+    ``method``: a :class:`headstart.methods.Method` used in both stages.
 
     Returns ``(head, history)``; ``bb`` is trained in place (its provenance then says so and its
     weights hash is reset, so feature caches no longer match it).
@@ -101,6 +103,8 @@ def fit_text_finetune(
     from ..features import extract_features
     from ..heads import create_head, feature_loader
     from .loop import train_classifier
+
+    hooks = {"criterion": method.criterion(), "extra_losses": method.loss_terms(), "callbacks": method.callbacks()} if method is not None else {}
 
     if not list(bb.parameters()) or not bb.layer_groups():
         raise HeadstartError(
@@ -121,7 +125,7 @@ def fit_text_finetune(
         val_feats = feature_loader(x_val, torch.as_tensor(splits.val.labels), batch_size=1024)
     stage1 = train_classifier(
         None, head, feature_loader(x_tr, y_tr, batch_size=32, shuffle=True), val_feats, epochs=head_epochs, lr=1e-3,
-        class_weights=cw, patience=5 if has_val else None, seed=seed,
+        class_weights=cw, patience=5 if has_val else None, seed=seed, **hooks,
     )
     timings["head"] = time.perf_counter() - t
 
@@ -136,7 +140,7 @@ def fit_text_finetune(
     try:
         stage2 = train_classifier(
             bb, head, train_loader, val_loader, lr=lr, stages=stages, class_weights=cw,
-            patience=patience if val_loader is not None else None, seed=seed, progress=progress,
+            patience=patience if val_loader is not None else None, seed=seed, progress=progress, **hooks,
         )
     finally:
         for p, flag in was:

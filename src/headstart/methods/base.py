@@ -1,0 +1,93 @@
+"""The method registry and base class (see :mod:`headstart.methods`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Callable, ClassVar, Mapping
+
+from ..errors import HeadstartError
+
+_METHODS: dict[str, type["Method"]] = {}
+
+
+class Method:
+    """Base class: subclasses set ``name``, ``Options`` (a frozen dataclass), ``needs`` and override the hooks."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        pass
+
+    def __init__(self, options: Any = None):
+        self.options = options if options is not None else self.Options()
+
+    def criterion(self) -> Callable | None:
+        """``loss(module, logits, y) -> scalar`` replacing the training cross-entropy; ``None``: keep it."""
+        return None
+
+    def loss_terms(self) -> list[Callable]:
+        """Loss terms ``term(module, batch, outputs) -> scalar`` added to the training loss."""
+        return []
+
+    def callbacks(self) -> list[Any]:
+        """Lightning callbacks added to the loop."""
+        return []
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` selectable as ``cls.name``."""
+    if not cls.name or cls.name in _METHODS:
+        raise ValueError(f"method name {cls.name!r} is empty or taken")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def list_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in _METHODS:
+        close = difflib.get_close_matches(str(name), list(_METHODS), n=1)
+        raise HeadstartError(f"Unknown method {name!r}; the methods are {', '.join(map(repr, list_methods()))}."
+                             + (f" Did you mean {close[0]!r}?" if close else ""))
+    return _METHODS[name]
+
+
+def _convert(name: str, value: Any, kind: str, method: str) -> Any:
+    kinds = {k.strip() for k in str(kind).split("|")}
+    if value is None or (isinstance(value, str) and value.lower() == "none"):
+        if "None" in kinds:
+            return None
+        raise HeadstartError(f"Method {method!r} option {name!r} needs a value ({kind}); got {value!r}.")
+    for t, conv in (("bool", lambda v: {"true": True, "false": False}[str(v).lower()] if isinstance(v, str) else bool(v)), ("int", int), ("float", float)):
+        if t in kinds:
+            try:
+                out = conv(value)
+            except (KeyError, TypeError, ValueError):
+                raise HeadstartError(f"Method {method!r} option {name!r} must be {kind}; got {value!r}.") from None
+            if t == "int" and isinstance(value, float) and value != int(value):
+                raise HeadstartError(f"Method {method!r} option {name!r} must be a whole number; got {value!r}.")
+            return out
+    return str(value)
+
+
+def parse_options(name: str, options: Mapping[str, Any] | None) -> Any:
+    """The typed ``Options`` of method ``name`` from a mapping (values may be strings, as typed on a command line)."""
+    cls = method_class(name)
+    fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise HeadstartError(f"Method {name!r} has no option(s) {', '.join(map(repr, unknown))}; its options are "
+                             f"{', '.join(map(repr, fields)) or 'none'}.")
+    return cls.Options(**{k: _convert(k, v, fields[k].type, name) for k, v in options.items()})
+
+
+def create_method(name: str, options: Mapping[str, Any] | None = None) -> Method:
+    """An instance of method ``name`` with its options checked and converted."""
+    return method_class(name)(parse_options(name, options))
