@@ -219,3 +219,11 @@ def test_the_loop_trains_with_the_method_criterion():
     with torch.no_grad():
         ce = torch.nn.functional.cross_entropy(head.eval()(x), y).item()
     assert res.history[-1]["val_loss"] == pytest.approx(ce, rel=1e-4)
+
+
+def test_defaults_measured_in_train_are_the_settings_defaults():
+    """The settings module sits below train/, so the fine-tuning defaults chosen by measurement there
+    (train/recipes.py) are written again as the settings' defaults: they must stay equal."""
+    from headstart.train.recipes import LR_DECAY
+
+    assert Settings().training.lr_decay == LR_DECAY

@@ -175,12 +175,8 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         from .train.recipes import fit_in_loop
 
         head_mod, history, loop_info = fit_in_loop(
-            bb, splits, strategy=trained, head=h.kind, seed=tr.seed, class_weights=cw, batch_size=tr.batch_size, epochs=epochs, lr=tr.lr,
-            patience=tr.patience, progress=o.progress, hidden=h.hidden, dropout=h.dropout, timings=timings, unfreeze=tr.unfreeze,
-            backbone_lr=tr.backbone_lr, lr_decay=tr.lr_decay, freeze_epochs=tr.freeze_epochs, augment=augment or "none", schedule=tr.schedule,
-            label_smoothing=tr.label_smoothing, clip_grad=tr.clip_grad, activation_cache=tr.activation_cache, run_dir=run_dir,
-            resume=_resuming(run_dir), logger=o.logger, accelerator=hw.accelerator, devices=hw.devices, dist=hw.dist, precision=hw.precision,
-            runtime=b.runtime, cache=b.cache, train_bn=tr.train_bn, max_time=budget.left(_reserve_seconds(splits, timings, budget)),
+            bb, splits, s.replace(epochs=epochs, augment=augment), strategy=trained, class_weights=cw, timings=timings, run_dir=run_dir,
+            resume=_resuming(run_dir), max_time=budget.left(_reserve_seconds(splits, timings, budget)),
             probe=auto_choice.get("probe_score") if auto_choice is not None else None, method=method,
         )
     else:

@@ -96,22 +96,24 @@ def choose_auto(n_train_per_class: int, probe_val_acc: float | None, n_groups: i
 
 
 def fit_in_loop(
-    bb: Any, splits: Any, *, strategy: str, head: str, seed: int, class_weights: Any, batch_size: int, epochs: int,
-    lr: float, patience: int | None, progress: bool, hidden: int, dropout: float, timings: dict[str, float],
-    unfreeze: int | str | None = None, backbone_lr: float | None = None, lr_decay: float = LR_DECAY, freeze_epochs: int = 1,
-    augment: str | Augment = "none", schedule: str = "cosine", label_smoothing: float = 0.0, clip_grad: float | None = None,
-    activation_cache: bool = True, run_dir: Path | None = None, resume: bool = False, logger: str = "csv",
-    accelerator: str = "auto", devices: int | str = 1, dist: str = "auto", precision: str | None = None,
-    num_workers: int = 0, head_init: str = "probe", runtime: str = "auto", cache: bool = True, train_bn: bool = False,
-    max_time: float | None = None, probe: tuple[Any, Score] | None = None, method: Any = None,
+    bb: Any, splits: Any, settings: Any, *, strategy: str, class_weights: Any, timings: dict[str, float],
+    run_dir: Path | None = None, resume: bool = False, max_time: float | None = None, probe: tuple[Any, Score] | None = None,
+    method: Any = None, head_init: str = "probe",
 ) -> tuple[Any, list[dict], dict[str, Any]]:
     """Train ``bb`` + a new head on ``splits`` with the plan of ``strategy``; return ``(head, history, info)``.
 
-    ``probe``: a ``(head, validation Score)`` already fit on the frozen features (``auto``'s), used
-    as the starting head instead of fitting it again. ``max_time``: seconds for the loop.
-    ``method``: a :class:`headstart.methods.Method` whose training loss, loss terms and callbacks
-    the loop uses.
+    ``settings``: a :class:`headstart.settings.Settings` (its head, training, hardware, backbone and
+    output groups; ``strategy`` is given apart: ``auto`` passes what it chose). ``class_weights``:
+    the per-class weights (``None``: unweighted). ``probe``: a ``(head, validation Score)`` already
+    fit on the frozen features (``auto``'s), used as the starting head instead of fitting it again.
+    ``max_time``: seconds for the loop. ``method``: a :class:`headstart.methods.Method` whose
+    training loss, loss terms and callbacks the loop uses. ``head_init``: ``"probe"`` (LP-FT) or
+    ``"random"``.
     """
+    tr, hd, hw, bk, out = settings.training, settings.head, settings.hardware, settings.backbone, settings.output
+    seed, batch_size, epochs, lr, patience = tr.seed, tr.batch_size, tr.epochs, tr.lr, tr.patience
+    unfreeze, backbone_lr, lr_decay, train_bn, activation_cache = tr.unfreeze, tr.backbone_lr, tr.lr_decay, tr.train_bn, tr.activation_cache
+    runtime, cache, num_workers = bk.runtime, bk.cache, 0
     from ..data import TorchDataset
     from ..heads import create_head
     from .cache import StagedActivations, cache_activations, can_split
@@ -129,9 +131,9 @@ def fit_in_loop(
         if backbone_lr is None:
             backbone_lr, lr_decay = lr, 1.0
         train_bn, head_init = True, "random"
-    stages, stop_on_plateau = build_plan(strategy, G, epochs=epochs, lr=lr, unfreeze=unfreeze, backbone_lr=backbone_lr, lr_decay=lr_decay, freeze_epochs=freeze_epochs)
-    aug = augment if isinstance(augment, Augment) else _augment(augment)
-    kind = "linear" if head == "logreg" else "mlp"
+    stages, stop_on_plateau = build_plan(strategy, G, epochs=epochs, lr=lr, unfreeze=unfreeze, backbone_lr=backbone_lr, lr_decay=lr_decay, freeze_epochs=tr.freeze_epochs)
+    aug = _augment(tr.augment or "none")
+    kind = "linear" if hd.kind == "logreg" else "mlp"
     has_val = splits.val is not None and len(splits.val) > 0
     info: dict[str, Any] = {"augment": aug.to_dict(), "activation_cache": None}
     if head_init == "probe":
@@ -174,13 +176,13 @@ def fit_in_loop(
     elif head_init == "probe":
         t = time.perf_counter()
         head_mod, score = _probe_head(bb, splits, train_ds if use_cache else None, val_ds if use_cache else None, k if use_cache else 0, kind=kind,
-                                      seed=seed, class_weights=class_weights, batch_size=batch_size, runtime=runtime, cache=cache, hidden=hidden, dropout=dropout)
+                                      seed=seed, class_weights=class_weights, batch_size=batch_size, runtime=runtime, cache=cache, hidden=hd.hidden, dropout=hd.dropout)
         initial = score
         info["head_init"] = {"from": "linear probe (LP-FT)" if kind == "linear" else "MLP head trained on cached features",
                              **({"probe_val_acc": score.acc, "probe_val_loss": score.loss} if score else {}), "seconds": round(time.perf_counter() - t, 3)}
         timings["probe"] = time.perf_counter() - t
     else:
-        head_mod = create_head(kind, bb.num_features, len(splits.classes), hidden=hidden, dropout=dropout)
+        head_mod = create_head(kind, bb.num_features, len(splits.classes), hidden=hd.hidden, dropout=hd.dropout)
     if not stages:
         log.info("the plan trains no backbone layer group: the head fit on the frozen features is the result")
         info.update({"steps": 0, "best_epoch": -1, "kept": "the head fit on frozen features (no backbone stage in the plan)"})
@@ -190,13 +192,13 @@ def fit_in_loop(
     val_loader = make_loader(val_ds, batch_size, shuffle=False, num_workers=num_workers) if val_ds is not None else None
     t = time.perf_counter()
     result = train_classifier(
-        bb, head_mod, train_loader, val_loader, lr=lr, stages=stages, stop_on_plateau=stop_on_plateau, schedule=schedule,
-        class_weights=class_weights, label_smoothing=label_smoothing, clip_grad=clip_grad, start_group=k if use_cache else 0,
+        bb, head_mod, train_loader, val_loader, lr=lr, stages=stages, stop_on_plateau=stop_on_plateau, schedule=tr.schedule,
+        class_weights=class_weights, label_smoothing=tr.label_smoothing, clip_grad=tr.clip_grad, start_group=k if use_cache else 0,
         bn_stats_frozen=not train_bn, train_bn=train_bn,
-        patience=patience if has_val else None, seed=seed, progress=progress, initial=initial,
-        log_dir=run_dir / "logs" if run_dir is not None else None, logger=logger,
+        patience=patience if has_val else None, seed=seed, progress=out.progress, initial=initial,
+        log_dir=run_dir / "logs" if run_dir is not None else None, logger=out.logger,
         checkpoint_dir=run_dir / "checkpoints" if run_dir is not None else None, resume=resume,
-        accelerator=accelerator, devices=devices, dist=dist, precision=precision, max_time=max_time, staged=staged,
+        accelerator=hw.accelerator, devices=hw.devices, dist=hw.dist, precision=hw.precision, max_time=max_time, staged=staged,
         **({"criterion": method.criterion(), "extra_losses": method.loss_terms(), "callbacks": method.callbacks()} if method is not None else {}),
     )
     timings["train"] = time.perf_counter() - t
