@@ -163,3 +163,25 @@ def test_no_global_state_left_behind():
     train_classifier(None, create_head("linear", 8, 2), train, val, epochs=1)
     assert [logging.getLogger(n).level for n in names] == levels
     assert torch.are_deterministic_algorithms_enabled() == det
+
+
+def test_loop_settings_objects_and_keywords_are_the_same_run():
+    """train_classifier takes LoopConfig/LoopRuntime, or their fields by name on top of them."""
+    from headstart.heads import create_head, feature_loader
+    from headstart.train import LoopConfig, LoopRuntime, train_classifier
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 6, generator=g), torch.randint(0, 2, (64,), generator=g)
+    runs = []
+    for call in ({"config": LoopConfig(epochs=2, lr=5e-2, seed=1), "runtime": LoopRuntime(logger=None)},
+                 {"epochs": 2, "lr": 5e-2, "seed": 1, "logger": None},
+                 {"config": LoopConfig(epochs=5, lr=5e-2), "epochs": 2, "seed": 1, "logger": None}):
+        torch.manual_seed(0)
+        head = create_head("linear", 6, 2)
+        res = train_classifier(None, head, feature_loader(x, y, batch_size=16, shuffle=True), None, **call)
+        runs.append((res.steps, [round(r["train_loss"], 6) for r in res.history]))
+    assert runs[0] == runs[1] == runs[2] and runs[0][0] == 8
+    with pytest.raises(TypeError, match="unexpected keyword argument.*'epoch'"):
+        train_classifier(None, create_head("linear", 6, 2), feature_loader(x, y), epoch=3)
+    with pytest.raises(ValueError, match="'trainable' parameter must be one of"):
+        LoopConfig(trainable="some")

@@ -10,13 +10,15 @@ images (:mod:`.recipes`) and text fine-tuning (:mod:`.text_recipe`).
 
 from .checkpoint import AtomicCheckpointIO, EpochShuffle, make_loader
 from .freeze import layerwise_lrs, resolve_unfreeze, set_trainable_groups, trainable_group_count
-from .loop import BestWeights, TrainResult, quiet_lightning, train_classifier
+from .loop import BestWeights, LoopConfig, LoopRuntime, TrainResult, quiet_lightning, train_classifier
 from .module import ClassifierModule, keep_frozen_batchnorm_eval, warmup_cosine
 from .strategies import Stage, StageCallback, finetune_plan, frozen_prefix, head_plan, progressive_plan, recipe_plan
 
 __all__ = [
     "AtomicCheckpointIO",
     "BestWeights",
+    "LoopConfig",
+    "LoopRuntime",
     "ClassifierModule",
     "EpochShuffle",
     "Stage",

@@ -31,7 +31,8 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -257,49 +258,85 @@ def _make_loggers(log_dir: str | os.PathLike | None, logger: str | Sequence[str]
     return out
 
 
+@dataclass(frozen=True)
+class LoopConfig:
+    """How :func:`train_classifier` optimises (see its docstring for each field)."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    backbone_lr: float | None = None
+    weight_decay: float = 1e-4
+    trainable: str = "all"
+    stages: Sequence[Stage] | None = None
+    stop_on_plateau: bool = False
+    schedule: str = "cosine"
+    class_weights: Any = None
+    label_smoothing: float = 0.0
+    clip_grad: float | None = None
+    train_bn: bool = False
+    bn_stats_frozen: bool = False
+    start_group: int = 0
+    patience: int | None = None
+    seed: int = 0
+    max_time: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"The 'trainable' parameter must be one of {set(TRAINABLE)}; got {self.trainable!r}.")
+        if self.stages is None and int(self.epochs) < 1:
+            raise ValueError(f"epochs must be >= 1; got {self.epochs}.")
+
+
+@dataclass(frozen=True)
+class LoopRuntime:
+    """Where :func:`train_classifier` runs and what it writes (see its docstring for each field)."""
+
+    log_dir: str | os.PathLike | None = None
+    logger: str | Sequence[str] | None = "csv"
+    checkpoint_dir: str | os.PathLike | None = None
+    resume: bool = False
+    accelerator: str = "auto"
+    devices: int | str = 1
+    dist: str = "auto"
+    precision: str | None = None
+    sync_batchnorm: bool = False
+    progress: bool = False
+    quiet: bool = True
+
+
+def loop_settings(config: LoopConfig | None, runtime: LoopRuntime | None, options: dict[str, Any]) -> tuple[LoopConfig, LoopRuntime]:
+    """``config`` and ``runtime`` (defaults when ``None``) with ``options`` (fields of either, by name) applied."""
+    config, runtime = config or LoopConfig(), runtime or LoopRuntime()
+    names_c, names_r = {f.name for f in fields(LoopConfig)}, {f.name for f in fields(LoopRuntime)}
+    unknown = sorted(set(options) - names_c - names_r)
+    if unknown:
+        raise TypeError(f"train_classifier() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
+    return (dataclasses.replace(config, **{k: v for k, v in options.items() if k in names_c}),
+            dataclasses.replace(runtime, **{k: v for k, v in options.items() if k in names_r}))
+
+
 def train_classifier(
     backbone: nn.Module | None,
     head: nn.Module,
     train_loader: Any,
     val_loader: Any = None,
+    config: LoopConfig | None = None,
+    runtime: LoopRuntime | None = None,
     *,
-    epochs: int = 10,
-    lr: float = 1e-3,
-    backbone_lr: float | None = None,
-    weight_decay: float = 1e-4,
-    trainable: str = "all",
-    stages: Sequence[Stage] | None = None,
-    stop_on_plateau: bool = False,
-    schedule: str = "cosine",
-    class_weights: Sequence[float] | torch.Tensor | None = None,
-    label_smoothing: float = 0.0,
-    clip_grad: float | None = None,
-    train_bn: bool = False,
-    bn_stats_frozen: bool = False,
-    start_group: int = 0,
-    patience: int | None = None,
-    seed: int = 0,
-    log_dir: str | os.PathLike | None = None,
-    logger: str | Sequence[str] | None = "csv",
-    checkpoint_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    accelerator: str = "auto",
-    devices: int | str = 1,
-    dist: str = "auto",
-    precision: str | None = None,
-    sync_batchnorm: bool = False,
     initial: Score | None = None,
-    progress: bool = False,
-    max_time: float | None = None,
+    criterion: Any = None,
     extra_losses: Sequence[LossTerm] = (),
     callbacks: Sequence[Callback] = (),
-    criterion: Any = None,
     staged: Any = None,
-    quiet: bool = True,
+    **options: Any,
 ) -> TrainResult:
     """Train ``head`` (on ``backbone`` features, or on feature batches when ``backbone`` is None).
 
     Loaders yield ``(inputs, labels)`` batches (``inputs`` a tensor or a dict of tensors).
+    ``config`` (:class:`LoopConfig`: how to optimise) and ``runtime`` (:class:`LoopRuntime`: where it
+    runs and what it writes); ``options``: any of their fields by name, on top of them
+    (``train_classifier(bb, head, tl, vl, epochs=3, lr=1e-2)``). The fields:
+
     ``trainable``: ``"all"`` trains backbone and head, ``"head"`` freezes the backbone (weights
     and BatchNorm statistics). ``stages``: a plan from :mod:`.strategies` (finetune, progressive,
     the default recipe); it replaces ``epochs``/``trainable``/``backbone_lr`` and runs in this one
@@ -326,67 +363,65 @@ def train_classifier(
     the activations at its own frozen boundary (``train_loader``/``val_loader`` are then ignored).
     See :mod:`.module` for the loss, optimiser and schedule.
     """
-    if trainable not in TRAINABLE:
-        raise ValueError(f"The 'trainable' parameter must be one of {set(TRAINABLE)}; got {trainable!r}.")
-    if stages is None and int(epochs) < 1:
-        raise ValueError(f"epochs must be >= 1; got {epochs}.")
+    c, r = loop_settings(config, runtime, options)
+    stages = c.stages
     has_val = val_loader is not None or (staged is not None and staged.val is not None)
-    if patience is not None and not has_val:
+    if c.patience is not None and not has_val:
         raise ValueError("Early stopping ('patience') monitors the validation loss: pass a val_loader, or patience=None.")
-    if isinstance(class_weights, str):
+    if isinstance(c.class_weights, str):
         raise ValueError(
-            f"class_weights must be a sequence of per-class weights here; got {class_weights!r}. "
+            f"class_weights must be a sequence of per-class weights here; got {c.class_weights!r}. "
             "Use headstart.heads.resolve_class_weight('balanced', labels, num_classes) to compute them."
         )
-    if resume and checkpoint_dir is None:
+    if r.resume and r.checkpoint_dir is None:
         raise ValueError("resume=True continues from checkpoint_dir/last.ckpt: pass checkpoint_dir.")
     n_groups = num_groups(backbone)
     if stages is None:
-        bb_lr = backbone_lr if backbone_lr is not None else lr
-        stages = [Stage("train", int(epochs), 0 if (trainable == "head" and backbone is not None) else None, float(lr), (float(bb_lr),) * n_groups)]
+        bb_lr = c.backbone_lr if c.backbone_lr is not None else c.lr
+        stages = [Stage("train", int(c.epochs), 0 if (c.trainable == "head" and backbone is not None) else None, float(c.lr), (float(bb_lr),) * n_groups)]
     stages = list(stages)
     if any(s.epochs < 1 for s in stages):
         raise ValueError(f"Every stage needs at least one epoch; got {[s.epochs for s in stages]}.")
-    if start_group and any(s.unfreeze is None or s.unfreeze > n_groups - start_group for s in stages):
-        raise ValueError(f"start_group={start_group}: a stage unfreezes layer groups below the cached boundary.")
+    if c.start_group and any(s.unfreeze is None or s.unfreeze > n_groups - c.start_group for s in stages):
+        raise ValueError(f"start_group={c.start_group}: a stage unfreezes layer groups below the cached boundary.")
     t_start = time.perf_counter()
     device = _device_of(head)
     saved_flags = [(p, p.requires_grad) for p in backbone.parameters()] if backbone is not None else []
 
     module = (ClassifierModule if staged is None else _StagedModule)(
-        backbone, head, lr=lr, backbone_lr=backbone_lr, weight_decay=weight_decay,
-        class_weights=class_weights, label_smoothing=label_smoothing, extra_losses=extra_losses, criterion=criterion,
+        backbone, head, lr=c.lr, backbone_lr=c.backbone_lr, weight_decay=c.weight_decay,
+        class_weights=c.class_weights, label_smoothing=c.label_smoothing, extra_losses=extra_losses, criterion=criterion,
         group_lrs=[stages[0].group_lrs[i] for i in range(n_groups)] if len(stages[0].group_lrs) == n_groups else None,
-        schedule=schedule, train_bn=train_bn, bn_stats_frozen=bn_stats_frozen, start_group=start_group,
+        schedule=c.schedule, train_bn=c.train_bn, bn_stats_frozen=c.bn_stats_frozen, start_group=c.start_group,
     )
-    staging = StageCallback(stages, patience=patience, stop_on_plateau=stop_on_plateau)
+    staging = StageCallback(stages, patience=c.patience, stop_on_plateau=c.stop_on_plateau)
     if staged is not None:
         module.staged, module.staging, module.n_groups = staged, staging, n_groups
         train_loader = val_loader = None  # the module's hooks give each stage its own
     best = BestWeights(initial if has_val else None)
     cbs: list[Callback] = [*callbacks, staging, best]
     ckpt_path = None
-    if checkpoint_dir is not None:
-        cbs.append(LastCheckpoint(checkpoint_dir))
-        if resume:
-            ckpt_path = last_checkpoint(checkpoint_dir)
+    if r.checkpoint_dir is not None:
+        cbs.append(LastCheckpoint(r.checkpoint_dir))
+        if r.resume:
+            ckpt_path = last_checkpoint(r.checkpoint_dir)
             if ckpt_path is None:
-                log.info("no checkpoint in %s yet: starting from the beginning", checkpoint_dir)
-    loggers = _make_loggers(log_dir, logger)
+                log.info("no checkpoint in %s yet: starting from the beginning", r.checkpoint_dir)
+    loggers = _make_loggers(r.log_dir, r.logger)
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
 
     try:
-        with quiet_lightning(quiet), _restore_torch_globals():
-            L.seed_everything(seed, workers=True, verbose=False)
+        with quiet_lightning(r.quiet), _restore_torch_globals():
+            L.seed_everything(c.seed, workers=True, verbose=False)
             trainer = L.Trainer(
-                accelerator=accelerator, devices=devices, strategy=_dist_strategy(dist, stages), precision=precision,
+                accelerator=r.accelerator, devices=r.devices, strategy=_dist_strategy(r.dist, stages), precision=r.precision,
                 max_epochs=sum(s.epochs for s in stages),
-                max_time=datetime.timedelta(seconds=float(max_time)) if max_time is not None else None,
+                max_time=datetime.timedelta(seconds=float(c.max_time)) if c.max_time is not None else None,
                 deterministic="warn", logger=loggers, callbacks=cbs, enable_checkpointing=True,
-                enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-                gradient_clip_val=clip_grad, sync_batchnorm=bool(sync_batchnorm),
-                default_root_dir=str(log_dir) if log_dir is not None else None,
+                enable_progress_bar=r.progress, enable_model_summary=False, num_sanity_val_steps=0,
+                gradient_clip_val=c.clip_grad, sync_batchnorm=bool(r.sync_batchnorm),
+                default_root_dir=str(r.log_dir) if r.log_dir is not None else None,
                 plugins=[AtomicCheckpointIO()], reload_dataloaders_every_n_epochs=1 if staged is not None else 0,
             )
             module.train()  # Lightning keeps the modes it is given; frozen BatchNorm stays in eval
@@ -399,7 +434,7 @@ def train_classifier(
     if best.best_state is not None:
         sd = {k: v.to(device) for k, v in best.best_state.items()}
         module.load_state_dict(sd)
-    if sync_batchnorm:
+    if r.sync_batchnorm:
         _undo_sync_batchnorm(module)
     module.to(device).eval()
     return TrainResult(
