@@ -144,7 +144,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
     auto_choice = None
     if tr.strategy == "auto":
         train_size = resolve_image_size(d.image_size, bb, splits.train, "finetune") if splits.train.modality == "image" else None
-        auto_choice = _auto(bb, splits, h.kind, tr.seed, cw, tr.batch_size, b.runtime, b.cache, o.progress, h.hidden, h.dropout, timings, epochs, tr.lr, tr.patience, budget, train_size)
+        auto_choice = _auto(bb, splits, s, cw, timings, budget, train_size)
         log.info("auto chose %s because %s", auto_choice["strategy"], auto_choice["reason"])
         epochs = auto_choice.get("epochs", epochs)
         if augment is None and auto_choice["strategy"] != "linear":
@@ -180,18 +180,16 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
             probe=auto_choice.get("probe_score") if auto_choice is not None else None, method=method,
         )
     else:
-        head_mod, history = _fit_linear(bb, splits, h.kind, tr.seed, cw, tr.batch_size, b.runtime, b.cache, o.progress, h.hidden, h.dropout, timings, epochs, tr.lr, tr.patience)
+        head_mod, history = _fit_linear(bb, splits, s, cw, timings)
     if auto_choice is not None and "wide_probe" in auto_choice:
         head_mod, trained = _keep_wide_probe(bb, head_mod, trained, auto_choice, loop_info, history)
     if auto_choice is not None:
-        for key in ("probe_score", "wide_history"):  # objects, not settings: not for config.yaml
+        for key in ("probe", "probe_score", "wide_history"):  # objects, not settings: not for config.yaml
             auto_choice.pop(key, None)
 
     model = Model(bb, head_mod, classes, modality=splits.train.modality)
     if secondary:
         return model
-    if auto_choice is not None:
-        auto_choice.pop("probe", None)
     config = {
         **copy.deepcopy(rerun),  # every setting as given (copied: no YAML aliases): a valid --config
         "trained_on": splits.train.source,
@@ -249,13 +247,7 @@ def resolve_image_size(image_size: int | str, bb: Any, train: Any, strategy: str
             return default
         factor = AUTO_SIZE_FACTOR["linear" if strategy == "linear" else "train"]
         return min(default, max(AUTO_MIN_SIZE, -(-int(factor * native) // 16) * 16))
-    try:
-        size = int(image_size)
-    except (TypeError, ValueError):
-        size = 0
-    if size < 16:
-        raise HeadstartError(f"The 'image_size' parameter must be 'auto' or a whole number of pixels >= 16; got {image_size!r}.")
-    return size
+    return int(image_size)  # a whole number >= 16: checked by DataSettings
 
 
 # Measured on MNIST 5k (28 px; 1,000 train / 500 val / 3,500 test), EfficientNet-Lite0, 2 cores:
@@ -326,8 +318,7 @@ def _secondary_rank() -> bool:
     return any(int(os.environ.get(v, "0") or 0) > 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
-def _auto(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience, budget,
-          train_size: int | None = None) -> dict[str, Any]:
+def _auto(bb, splits, s: Settings, cw, timings: dict[str, float], budget, train_size: int | None = None) -> dict[str, Any]:
     """Fit the probe, then choose: ``{"strategy", "reason", "probe_val_acc", "probe": (head, history), ...}``.
 
     Fine-tuning starts from a probe and keeps it unless an epoch beats it on validation
@@ -342,8 +333,10 @@ def _auto(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidd
     from .train.freeze import num_groups
     from .train.recipes import choose_auto
 
-    probe = _fit_linear(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience)
-    score = _val_score(bb, probe[0], splits, cw, batch_size, runtime, cache)
+    epochs = s.training.epochs
+
+    probe = _fit_linear(bb, splits, s, cw, timings)
+    score = _val_score(bb, probe[0], splits, s, cw)
     per_class = int(np.bincount(splits.train.labels, minlength=len(splits.classes)).min())
     strategy, reason = choose_auto(per_class, score.acc if score else None, num_groups(bb))
     out = {"strategy": strategy, "reason": reason, "probe_val_acc": score.acc if score else None, "min_train_per_class": per_class, "probe": probe}
@@ -353,14 +346,14 @@ def _auto(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidd
         out["wide_probe"] = (probe[0], score, size, {k: v.detach().clone() for k, v in bb.state_dict().items()}, bb.provenance)
         out["wide_history"] = probe[1]
         bb.preprocessing = dataclasses.replace(bb.preprocessing, input_size=(train_size, train_size))
-        probe = _fit_linear(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience)
-        score = _val_score(bb, probe[0], splits, cw, batch_size, runtime, cache)
+        probe = _fit_linear(bb, splits, s, cw, timings)
+        score = _val_score(bb, probe[0], splits, s, cw)
         out.update(probe=probe, probe_sizes={"probe_px": size, "train_px": train_size, "train_probe_val_acc": score.acc})
     left = budget.left(_reserve_seconds(splits, timings, budget))
     if strategy != "linear" and left is not None:
         t = time.perf_counter()
         n_val = len(splits.val) if splits.val is not None else 0
-        per_epoch = epoch_seconds(bb, probe[0], (3, *bb.preprocessing.input_size), len(splits.train), n_val, batch_size=batch_size)
+        per_epoch = epoch_seconds(bb, probe[0], (3, *bb.preprocessing.input_size), len(splits.train), n_val, batch_size=s.training.batch_size)
         left = max(0.0, left - (time.perf_counter() - t))
         fits = int(left // per_epoch) if per_epoch > 0 else epochs
         out.update({"time_left_s": round(left, 1), "epoch_estimate_s": round(per_epoch, 1)})
@@ -392,13 +385,13 @@ def _create_method(s: Settings):
     return method
 
 
-def _val_score(bb, head_mod, splits, cw, batch_size, runtime, cache):
+def _val_score(bb, head_mod, splits, s: Settings, cw):
     """The head's validation :class:`~.train.selection.Score` on ``bb``'s (cached) features; ``None`` without a validation split."""
     if splits.val is None or not len(splits.val):
         return None
     from .features import extract_features
 
-    x_val = extract_features(bb, splits.val, batch_size=batch_size, runtime=runtime, cache=cache, progress=False)
+    x_val = extract_features(bb, splits.val, batch_size=s.training.batch_size, runtime=s.backbone.runtime, cache=s.backbone.cache, progress=False)
     return _head_score(head_mod, x_val, splits.val.labels, cw)
 
 
@@ -464,20 +457,23 @@ def _class_weights(labels: np.ndarray, k: int) -> np.ndarray:
     return (len(labels) / (k * np.maximum(counts, 1))).astype(np.float32)
 
 
-def _fit_linear(bb, splits, head, seed, cw, batch_size, runtime, cache, progress, hidden, dropout, timings, epochs, lr, patience):
+def _fit_linear(bb, splits, s: Settings, cw, timings: dict[str, float]):
+    """The head of ``s.head`` fit on ``bb``'s (cached) features of the training split, chosen on validation."""
     from .features import extract_features
     from .heads import fit_head
 
+    b, h, tr = s.backbone, s.head, s.training
     t = time.perf_counter()
-    x_tr = extract_features(bb, splits.train, batch_size=batch_size, runtime=runtime, cache=cache, progress=progress)
-    x_val = extract_features(bb, splits.val, batch_size=batch_size, runtime=runtime, cache=cache, progress=progress) if splits.val is not None and len(splits.val) else None
+    x_tr = extract_features(bb, splits.train, batch_size=tr.batch_size, runtime=b.runtime, cache=b.cache, progress=s.output.progress)
+    x_val = (extract_features(bb, splits.val, batch_size=tr.batch_size, runtime=b.runtime, cache=b.cache, progress=s.output.progress)
+             if splits.val is not None and len(splits.val) else None)
     timings["features"] = time.perf_counter() - t
     t = time.perf_counter()
-    kind = "linear" if head == "logreg" else "mlp"
+    kind = "linear" if h.kind == "logreg" else "mlp"
     head_mod, history = fit_head(
         kind, x_tr, splits.train.labels, x_val, splits.val.labels if x_val is not None else None,
-        num_classes=len(splits.classes), seed=seed, class_weight=cw,
-        **({"hidden": hidden, "dropout": dropout, "epochs": max(epochs, 50), "lr": lr, "patience": patience} if kind == "mlp" else {}),
+        num_classes=len(splits.classes), seed=tr.seed, class_weight=cw,
+        **({"hidden": h.hidden, "dropout": h.dropout, "epochs": max(tr.epochs, 50), "lr": tr.lr, "patience": tr.patience} if kind == "mlp" else {}),
     )
     timings["head"] = time.perf_counter() - t
     return head_mod, history

@@ -37,6 +37,10 @@ class Method:
         """Lightning callbacks added to the loop."""
         return []
 
+    def loop_hooks(self) -> dict[str, Any]:
+        """What :func:`headstart.train.train_classifier` takes from this method, as its keyword arguments."""
+        return {"criterion": self.criterion(), "extra_losses": self.loss_terms(), "callbacks": self.callbacks()}
+
 
 def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: make ``cls`` selectable as ``cls.name``."""

@@ -199,7 +199,7 @@ def fit_in_loop(
         log_dir=run_dir / "logs" if run_dir is not None else None, logger=out.logger,
         checkpoint_dir=run_dir / "checkpoints" if run_dir is not None else None, resume=resume,
         accelerator=hw.accelerator, devices=hw.devices, dist=hw.dist, precision=hw.precision, max_time=max_time, staged=staged,
-        **({"criterion": method.criterion(), "extra_losses": method.loss_terms(), "callbacks": method.callbacks()} if method is not None else {}),
+        **(method.loop_hooks() if method is not None else {}),
     )
     timings["train"] = time.perf_counter() - t
     if staged is not None:

@@ -104,7 +104,7 @@ def fit_text_finetune(
     from ..heads import create_head, feature_loader
     from .loop import train_classifier
 
-    hooks = {"criterion": method.criterion(), "extra_losses": method.loss_terms(), "callbacks": method.callbacks()} if method is not None else {}
+    hooks = method.loop_hooks() if method is not None else {}
 
     if not list(bb.parameters()) or not bb.layer_groups():
         raise HeadstartError(
