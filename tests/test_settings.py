@@ -105,6 +105,12 @@ def test_flags_override_the_config_file(tmp_path, captured):
     ({"lr": -1}, "The 'lr' parameter must be a positive number; got -1."),
     ({"runtime": "tensorrt"}, "The 'runtime' parameter must be one of {'auto', 'openvino', 'onnx', 'torch'}; got 'tensorrt'."),
     ({"lr_decay": 1.5}, "The 'lr_decay' parameter must be in (0, 1]; got 1.5."),
+    ({"method": "fokal"}, "Unknown method 'fokal'; the methods are 'focal'. Did you mean 'focal'?"),
+    ({"method": "focal", "method_opt": ["gama=2"]}, "Method 'focal' has no option(s) 'gama'; its options are 'gamma', 'alpha'."),
+    ({"method": "focal", "method_opt": ["gamma"]}, "A method option must be KEY=VALUE (e.g. gamma=2); got 'gamma'."),
+    ({"method": "focal", "method_opt": ["gamma=strong"]}, "Method 'focal' option 'gamma' must be float; got 'strong'."),
+    ({"method": "focal", "method_opt": ["alpha=1.5"]}, "focal option alpha must be in (0, 1); got 1.5."),
+    ({"method_opt": ["gamma=2"]}, "Method options {'gamma': '2'} were given without a method. Fix: add --method NAME (e.g. focal)."),
 ])
 def test_bad_settings_are_named_with_the_fix(kwargs, message):
     with pytest.raises(HeadstartError) as e:
