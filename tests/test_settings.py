@@ -233,3 +233,13 @@ def test_defaults_measured_in_train_are_the_settings_defaults():
     from headstart.train.recipes import LR_DECAY
 
     assert Settings().training.lr_decay == LR_DECAY
+
+
+def test_lr_default_depends_on_what_trains():
+    """No --lr: 2e-3 when fine-tuning a pretrained image backbone (measured, train/recipes.py), 1e-3
+    for everything else; a given lr is used as is."""
+    from headstart.train.recipes import FINETUNE_LR, HEAD_LR, default_lr
+
+    assert Settings().training.lr is None
+    assert (default_lr(None, finetune_pretrained=True), default_lr(None)) == (FINETUNE_LR, HEAD_LR) == (2e-3, 1e-3)
+    assert default_lr(3e-4, finetune_pretrained=True) == default_lr(3e-4) == 3e-4

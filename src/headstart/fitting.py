@@ -162,10 +162,11 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
     if trained in LOOP_STRATEGIES and splits.train.modality == "text":
         # Texts: 'finetune' and 'progressive' are one recipe (BERT/ULMFiT): the head on the frozen encoder's
         # cached features, then the encoder unfrozen from the top, one more layer group per epoch (train.text_recipe).
+        from .train.recipes import default_lr
         from .train.text_recipe import fit_text_finetune
 
         head_mod, history = fit_text_finetune(
-            bb, splits, seed=tr.seed, class_weights=cw, batch_size=tr.batch_size, epochs=epochs, lr=tr.lr, backbone_lr=tr.backbone_lr,
+            bb, splits, seed=tr.seed, class_weights=cw, batch_size=tr.batch_size, epochs=epochs, lr=default_lr(tr.lr), backbone_lr=tr.backbone_lr,
             patience=tr.patience, progress=o.progress, dropout=None, timings=timings, runtime=b.runtime, cache=b.cache, unfreeze=tr.unfreeze,
             method=method,
         )
@@ -461,6 +462,7 @@ def _fit_linear(bb, splits, s: Settings, cw, timings: dict[str, float]):
     """The head of ``s.head`` fit on ``bb``'s (cached) features of the training split, chosen on validation."""
     from .features import extract_features
     from .heads import fit_head
+    from .train.recipes import default_lr
 
     b, h, tr = s.backbone, s.head, s.training
     t = time.perf_counter()
@@ -473,7 +475,7 @@ def _fit_linear(bb, splits, s: Settings, cw, timings: dict[str, float]):
     head_mod, history = fit_head(
         kind, x_tr, splits.train.labels, x_val, splits.val.labels if x_val is not None else None,
         num_classes=len(splits.classes), seed=tr.seed, class_weight=cw,
-        **({"hidden": h.hidden, "dropout": h.dropout, "epochs": max(tr.epochs, 50), "lr": tr.lr, "patience": tr.patience} if kind == "mlp" else {}),
+        **({"hidden": h.hidden, "dropout": h.dropout, "epochs": max(tr.epochs, 50), "lr": default_lr(tr.lr), "patience": tr.patience} if kind == "mlp" else {}),
     )
     timings["head"] = time.perf_counter() - t
     return head_mod, history

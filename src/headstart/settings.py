@@ -143,7 +143,8 @@ class TrainingSettings:
         "--epochs per stage) | auto (linear probe first; keeps it or fine-tunes from it, and says why).", cli=("--strategy", "-s"))
     seed: int = opt(0, "Random seed of the split, the head and the training loop.")
     epochs: int = opt(20, "Epochs (per stage for progressive).")
-    lr: float = opt(1e-3, "Learning rate of the head.")
+    lr: float | None = opt(None, "Learning rate of the head (default: 2e-3 when fine-tuning a pretrained image backbone; 1e-3 for heads on "
+                           "cached features, text and training from scratch).")
     batch_size: int = opt(64, "Items per batch.")
     patience: int | None = opt(5, "Epochs without a lower validation loss before a stage (or the run) stops.")
     unfreeze: int | str | None = opt(
@@ -171,7 +172,7 @@ class TrainingSettings:
         _whole("seed", self.seed, 0)
         if self.patience is not None:
             _whole("patience", self.patience, 1)
-        _positive("lr", self.lr, allow_none=False)
+        _positive("lr", self.lr)
         _positive("backbone_lr", self.backbone_lr)
         _positive("clip_grad", self.clip_grad)
         _positive("time_limit", self.time_limit, what="number of seconds")

@@ -47,7 +47,21 @@ AUTO_MIN_PER_CLASS = 20
 # 4e-6) and ended at 0.893.
 BACKBONE_LR_RATIO = 0.5
 LR_DECAY = 0.85
+# The head's learning rate when none is given. Fine-tuning a pretrained image backbone: 2e-3 (so the
+# top group at 1e-3). Measured on MNIST 5k (1,000 training digits, Lite0 at 56 px, the recipe from
+# the probe, 10 epochs, light augmentation, idle 2-core CPU): 2e-3 gave 0.9634 test accuracy in
+# 261 s, 1e-3 gave 0.9549 in 237 s (probe 0.9109); on BreastMNIST 2e-3 gave 0.872 / AUC 0.892 in
+# 123 s. Everything else (heads on cached features, text, training from scratch) keeps 1e-3.
+HEAD_LR = 1e-3
+FINETUNE_LR = 2e-3
 AUTO_GOOD_ENOUGH = 0.98
+
+
+def default_lr(lr: float | None, *, finetune_pretrained: bool = False) -> float:
+    """``lr`` if given, else :data:`FINETUNE_LR` when fine-tuning a pretrained image backbone, :data:`HEAD_LR` otherwise."""
+    if lr is not None:
+        return float(lr)
+    return FINETUNE_LR if finetune_pretrained else HEAD_LR
 
 
 def build_plan(
@@ -111,7 +125,8 @@ def fit_in_loop(
     ``"random"``.
     """
     tr, hd, hw, bk, out = settings.training, settings.head, settings.hardware, settings.backbone, settings.output
-    seed, batch_size, epochs, lr, patience = tr.seed, tr.batch_size, tr.epochs, tr.lr, tr.patience
+    seed, batch_size, epochs, patience = tr.seed, tr.batch_size, tr.epochs, tr.patience
+    lr = default_lr(tr.lr, finetune_pretrained=bb.provenance.source != "random-init")
     unfreeze, backbone_lr, lr_decay, train_bn, activation_cache = tr.unfreeze, tr.backbone_lr, tr.lr_decay, tr.train_bn, tr.activation_cache
     runtime, cache, num_workers = bk.runtime, bk.cache, 0
     from ..data import TorchDataset
