@@ -3,6 +3,7 @@
 from .arrays import from_arrays, load_npz
 from .checks import validate_dataset
 from .dataset import LabeledDataset, Problem, Splits, TorchDataset
+from .domain import UNLABELED, align_classes, is_labeled, load_domain
 from .folders import load_image_folder, load_image_splits
 from .images import IMAGE_EXTENSIONS, check_image, open_image
 from .load import load_dataset, load_splits, register_builtin, register_file_type
@@ -16,6 +17,10 @@ __all__ = [
     "LabeledDataset",
     "Problem",
     "SHAPE_NAMES",
+    "UNLABELED",
+    "align_classes",
+    "is_labeled",
+    "load_domain",
     "Splits",
     "TorchDataset",
     "check_image",

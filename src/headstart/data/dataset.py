@@ -53,6 +53,8 @@ class LabeledDataset:
         return LabeledDataset(items, self.labels[index], list(self.classes), self.modality, self.source, [])
 
     def counts(self) -> dict[str, int]:
+        if not self.classes:  # unlabeled (a target domain; see .domain)
+            return {}
         c = np.bincount(self.labels, minlength=len(self.classes))
         return {name: int(n) for name, n in zip(self.classes, c)}
 
