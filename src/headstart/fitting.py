@@ -94,6 +94,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
     d, b, h, tr, hw, o = s.data, s.backbone, s.head, s.training, s.hardware, s.output
     backbone, epochs, augment, out = b.name, tr.epochs, tr.augment, o.out  # resolved or decided below
     method = _create_method(s)
+    _check_unused_inputs(s, method)
     from .train.budget import Budget
 
     budget = Budget(tr.time_limit)  # the whole call counts, backbone ranking and the report included
@@ -108,6 +109,9 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
     # what config.yaml records to rerun (--config) or resume the run: the data (None in memory: a run
     # folder cannot rebuild it; resume from Python) and every setting as given
     rerun = {"data": str(data) if isinstance(data, (str, Path)) else None, "settings": s.to_dict()}
+    for key in ("target", "target_test"):  # data given in memory (Python): recorded as None, like the data
+        if not isinstance(rerun["settings"]["data"][key], (str, type(None))):
+            rerun["settings"]["data"][key] = None
     import torch
 
     torch.manual_seed(tr.seed)  # random-init backbones and heads: the same seed, the same run (--config reruns it exactly)
@@ -134,12 +138,15 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         size = resolve_image_size(d.image_size, bb, splits.train, "linear" if tr.strategy == "auto" else tr.strategy)
         bb.preprocessing = dataclasses.replace(bb.preprocessing, input_size=(size, size))
         log.info("input size %d px (%s)", size, "auto" if d.image_size == "auto" else "set")
+    _load_inputs(method, s, splits)
+    target_test = _load_target_test(s, splits)
     classes = splits.classes
     cw = _class_weights(splits.train.labels, len(classes)) if h.class_weights == "balanced" else None
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
     secondary = _secondary_rank()  # a DDP worker process: trains, writes nothing
     save = o.save and not secondary
     run_dir = None
+    target_before = None  # the probe's figures on --target-test, when the backbone is then trained
     loop_info: dict[str, Any] = {}
     auto_choice = None
     if tr.strategy == "auto":
@@ -175,10 +182,16 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
     elif trained in LOOP_STRATEGIES:
         from .train.recipes import fit_in_loop
 
+        probe = auto_choice.get("probe_score") if auto_choice is not None else None
+        if target_test is not None and probe is None and bb.provenance.source != "random-init":
+            # the probe fine-tuning starts from, fit here so that its target figures are the "before" of the run
+            probe_head, _ = _fit_linear(bb, splits, s, cw, timings)
+            probe = (probe_head, _val_score(bb, probe_head, splits, s, cw))
+        if target_test is not None and probe is not None:
+            target_before = _head_metrics(bb, probe[0], target_test, s, classes)
         head_mod, history, loop_info = fit_in_loop(
             bb, splits, s.replace(epochs=epochs, augment=augment), strategy=trained, class_weights=cw, timings=timings, run_dir=run_dir,
-            resume=_resuming(run_dir), max_time=budget.left(_reserve_seconds(splits, timings, budget)),
-            probe=auto_choice.get("probe_score") if auto_choice is not None else None, method=method,
+            resume=_resuming(run_dir), max_time=budget.left(_reserve_seconds(splits, timings, budget)), probe=probe, method=method,
         )
     else:
         head_mod, history = _fit_linear(bb, splits, s, cw, timings)
@@ -215,6 +228,13 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         metrics[split_name] = classification_metrics(eval_ds.labels, proba, classes)
     else:
         proba, split_name = None, None
+    if target_test is not None:
+        t = time.perf_counter()
+        metrics["target_test"] = classification_metrics(target_test.labels, model.predict_proba(target_test, batch_size=tr.batch_size, runtime=b.runtime, cache=b.cache and trained == "linear"), classes)
+        if target_before is not None:
+            metrics["target_test_before"] = target_before
+        metrics["target_test_source"] = target_test.source
+        timings["target_test"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     metrics["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
     model.metrics = metrics
@@ -375,15 +395,76 @@ def _create_method(s: Settings):
     """The method of ``s`` (``None`` without one); only the training loop runs methods."""
     if s.method.name is None:
         return None
-    from .methods import create_method
+    from .methods import NEEDS, create_method
 
     if s.training.strategy == "linear":
         raise HeadstartError(f"Method {s.method.name!r} trains through the loop, and strategy 'linear' fits a probe on frozen features "
                              "without it. Fix: use --strategy finetune, progressive or auto.")
     method = create_method(s.method.name, s.method.options)
-    if method.needs:
-        raise HeadstartError(f"Method {s.method.name!r} needs {', '.join(method.needs)}, which fit cannot load yet.")
+    for need in method.needs:  # before any work: a missing input is named with its fix
+        spec = NEEDS[need]
+        if getattr(s.data, spec.setting) is None:
+            raise HeadstartError(f"Method {s.method.name!r} needs {spec.what}. Fix: pass {spec.flag} DATA "
+                                 f"(Python: {spec.setting}=...).")
     return method
+
+
+def _check_unused_inputs(s: Settings, method) -> None:
+    """A data input that no method of the run reads is a mistake to report, not to ignore."""
+    from .methods import NEEDS, list_methods, method_class
+
+    used = {NEEDS[n].setting for n in (method.needs if method is not None else ())}
+    for need, spec in NEEDS.items():
+        if getattr(s.data, spec.setting) is not None and spec.setting not in used:
+            users = [name for name in list_methods() if need in method_class(name).needs]
+            raise HeadstartError(f"{spec.flag} is read by method(s) {', '.join(users)}, and this run has "
+                                 f"{'method ' + repr(s.method.name) if s.method.name else 'no method'}. "
+                                 f"Fix: add --method {users[0]} (or drop {spec.flag}).")
+
+
+def _load_inputs(method, s: Settings, splits) -> None:
+    """Load each of the method's ``needs`` with the data checks and attach it to the method."""
+    from .data import align_classes, load_domain
+    from .methods import NEEDS
+
+    if method is None or not method.needs:
+        return
+    if splits.train.modality != "image":
+        raise HeadstartError(f"Method {method.name!r} adapts an image backbone's features; this data holds texts. "
+                             "Fix: run it on image data, or drop --method.")
+    for need in method.needs:
+        spec = NEEDS[need]
+        role = spec.flag.lstrip("-").replace("-", " ") + " data"
+        ds = load_domain(getattr(s.data, spec.setting), role=role, seed=s.training.seed, strict=s.data.strict, modality=splits.train.modality)
+        method.attach(need, align_classes(ds, splits.classes, role=role))
+        log.info("%s: %d item(s) from %s", role, len(ds), ds.source)
+
+
+def _load_target_test(s: Settings, splits):
+    """The labeled target test set (``--target-test``) on the source's classes, or ``None``."""
+    if s.data.target_test is None:
+        return None
+    from .data import align_classes, is_labeled, load_domain
+
+    ds = load_domain(s.data.target_test, role="target test", seed=s.training.seed, strict=s.data.strict, modality=splits.train.modality)
+    if not is_labeled(ds):
+        raise HeadstartError(f"--target-test needs labeled data to score against, and {ds.source} has no labels. Fix: give a folder of "
+                             "class folders (or a labeled .npz/.csv), or pass the unlabeled images as --target.")
+    return align_classes(ds, splits.classes, role="target test")
+
+
+def _head_metrics(bb, head_mod, ds, s: Settings, classes) -> dict[str, Any]:
+    """The metrics of ``head_mod`` on ``bb``'s (cached) features of ``ds``: a probe's figures before the backbone trains."""
+    import torch
+
+    from .evaluate.metrics import classification_metrics
+    from .features import extract_features
+
+    x = extract_features(bb, ds, batch_size=s.training.batch_size, runtime=s.backbone.runtime, cache=s.backbone.cache, progress=False)
+    with torch.no_grad():
+        proba = torch.softmax(head_mod.eval()(torch.as_tensor(x, dtype=torch.float32)), 1).numpy()
+    head_mod.train()
+    return classification_metrics(ds.labels, proba, classes)
 
 
 def _val_score(bb, head_mod, splits, s: Settings, cw):

@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -82,6 +83,12 @@ class DataSettings:
     strict: bool = opt(False, "Fail on the first unreadable image (or bad text row) instead of skipping it.")
     text_col: str | None = opt(None, "Text column of a CSV/TSV/JSONL table (default: text, sentence, review, ...).")
     label_col: str | None = opt(None, "Label column of a table (default: label, class, target, ...).")
+    target: str | None = opt(
+        None, "Target-domain data for domain adaptation (--method dan|coral|dann): a folder of images with or without class folders, "
+        "or any data source headstart reads; its labels, if any, are not used.")
+    target_test: str | None = opt(
+        None, "Labeled target-domain data to evaluate on (classes among the training data's): metrics.json 'target_test', with the "
+        "probe's figures before fine-tuning; any run.")
     image_size: int | str = opt(
         "auto", "Input size in pixels, or auto: the backbone's size, but small images are not blown up (4x their native side "
         "for the linear probe, 2x when training the backbone, at least 64 px: 28-px digits -> 112 or 64).")
@@ -89,6 +96,9 @@ class DataSettings:
     def __post_init__(self) -> None:
         _fraction("val", self.val)
         _fraction("test", self.test)
+        for name in ("target", "target_test"):
+            if isinstance(getattr(self, name), os.PathLike):
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
         if self.image_size != "auto":
             try:
                 size = int(self.image_size)

@@ -147,6 +147,27 @@ def _metrics_tables(doc: _Doc, m: dict[str, Any], split: str) -> None:
     doc.table(["class", "precision", "recall", "F1", "support", "ROC-AUC (1-vs-rest)", "PR-AUC (1-vs-rest)"], rows, numeric={1, 2, 3, 4, 5, 6})
 
 
+def _target_domain(doc: _Doc, rec: RunRecord) -> None:
+    """Source and target figures side by side: the labeled target (--target-test) before and after training."""
+    m = rec.metrics
+    split = "test" if "test" in m else "val"
+    before, after = m.get("target_test_before"), m["target_test"]
+    method = rec.setting("method")
+    doc.h(2, "Target domain", "target")
+    doc.p(f"Labeled target data {m.get('target_test_source', '')} ({after['n']} items), scored as the {split} split is. "
+          + (f"Method: {method} {rec.setting('method_opt') or ''}. " if method else "No adaptation method (source-only). ")
+          + ("'Before': the linear probe fine-tuning started from, on the pretrained features." if before else ""), "sub")
+    cols = [f"source ({split})", *(["target, before"] if before else []), "target"]
+    keys = [k for k in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "log_loss", "ece") if k in after]
+    rows = [[HEADLINE[k], (m.get(split) or {}).get(k), *([before.get(k)] if before else []), after.get(k)] for k in keys]
+    doc.table(["metric", *cols], rows, numeric=set(range(1, len(cols) + 1)))
+    gap = m.get("domain_gap")
+    if gap:
+        names = [k for k in gap.get("after", {}) if isinstance(gap["after"][k], (int, float))]
+        doc.table(["domain gap (source vs target features)", *(["before"] if "before" in gap else []), "after"],
+                  [[k, *([gap["before"].get(k)] if "before" in gap else []), gap["after"][k]] for k in names], numeric={1, 2})
+
+
 def _gallery_texts(doc: _Doc, rec: RunRecord) -> None:
     p = rec.predictions
     assert p is not None
@@ -259,6 +280,8 @@ def build_report(run_dir: str | Path) -> tuple[str, str, list[str]]:
         _diagnostics(doc, rec)
     if m is not None:
         _metrics_tables(doc, m, split)
+    if rec.metrics.get("target_test"):
+        _target_domain(doc, rec)
     shown = [k for k in PLOT_TITLES if k in plots and k != "curve"]
     if shown or (rec.predictions is not None and rec.modality == "text"):
         doc.h(2, "Plots", "plots")
@@ -283,7 +306,7 @@ def build_report(run_dir: str | Path) -> tuple[str, str, list[str]]:
     if (root / "config.yaml").is_file():
         doc.h(2, "Settings", "settings")
         cfg_text = (root / "config.yaml").read_text(encoding="utf-8")
-        keys = ("data", "backbone", "strategy", "head", "epochs", "lr", "batch_size", "seed", "val", "test", "class_weights", "augment", "method", "method_opt")
+        keys = ("data", "backbone", "strategy", "head", "epochs", "lr", "batch_size", "seed", "val", "test", "class_weights", "augment", "method", "method_opt", "target", "target_test")
         doc.table(["setting", "value"], [[k, str(rec.setting(k))] for k in keys if rec.setting(k, "-") not in ("-", None, {})])
         doc.pre(cfg_text, "yaml", summary=f"config.yaml: every resolved setting, to repeat the run ({cfg_text.count(chr(10))} lines)")
     doc.p(f"Written by headstart from the run folder {root.resolve()}.", "note")

@@ -4,7 +4,9 @@ A method is a :class:`Method` subclass registered with :func:`register_method`. 
 
 - ``Options``: a frozen dataclass of its typed options (``--method-opt gamma=2``, or
   ``settings: method: options:`` in a config file), checked when the settings are built;
-- ``needs``: extra inputs it requires beyond the labeled data (e.g. ``"target_unlabeled"``);
+- ``needs``: extra inputs it requires beyond the labeled data, from :data:`NEEDS` (e.g.
+  ``"target_unlabeled"``: ``--target DATA``); ``fit`` requires and loads them with the data checks,
+  and the recipe hands them to :meth:`Method.prepare` as training loaders;
 - what it adds to the loop: :meth:`Method.criterion` (replaces the training loss),
   :meth:`Method.loss_terms` (added to it) and :meth:`Method.callbacks` (Lightning callbacks).
 
@@ -18,7 +20,7 @@ Example::
     focal.options.gamma                              # 2.0
 """
 
-from .base import Method, create_method, list_methods, method_class, parse_options, register_method
-from . import focal  # noqa: F401  (registers "focal")
+from .base import NEEDS, Method, Need, create_method, list_methods, method_class, parse_options, register_method
+from . import adapt, focal  # noqa: F401  (register "dan", "coral", "dann"; "focal")
 
-__all__ = ["Method", "create_method", "list_methods", "method_class", "parse_options", "register_method"]
+__all__ = ["NEEDS", "Need", "Method", "create_method", "list_methods", "method_class", "parse_options", "register_method"]

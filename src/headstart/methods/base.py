@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple
 
 from ..errors import HeadstartError
 
 _METHODS: dict[str, type["Method"]] = {}
+
+
+class Need(NamedTuple):
+    """An extra input a method can ask for: the data setting that gives it, its flag, and what it is."""
+
+    setting: str
+    flag: str
+    what: str
+
+
+#: What a method may list in ``needs``; ``fit`` requires the setting, loads it with the data checks
+#: (:func:`headstart.data.load_domain`) and hands it to :meth:`Method.prepare` as a training loader.
+NEEDS: dict[str, Need] = {
+    "target_unlabeled": Need("target", "--target", "unlabeled target-domain data (a folder of images with or without class "
+                             "folders, or any data source headstart reads; labels are not used)"),
+}
 
 
 class Method:
@@ -24,6 +40,24 @@ class Method:
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()
+        self.data: dict[str, Any] = {}  # need -> LabeledDataset, attached by fit
+        self.loaders: dict[str, Any] = {}  # need -> training DataLoader, given by the recipe (prepare)
+
+    def attach(self, need: str, dataset: Any) -> None:
+        """Give the method the data of one of its ``needs`` (``fit`` does, after checking it)."""
+        if need not in self.needs:
+            raise ValueError(f"method {self.name!r} does not need {need!r}")
+        self.data[need] = dataset
+
+    def missing(self) -> list[str]:
+        """The ``needs`` no data has been attached for."""
+        return [n for n in self.needs if n not in self.data]
+
+    def prepare(self, loaders: Mapping[str, Any], *, num_features: int, num_classes: int) -> None:
+        """Called by the training recipe before the loop: a shuffled training loader per attached need
+        (the run's input transform and batch size; items as the loop's own batches), and the sizes of the
+        features and classes (for modules a method adds, e.g. a domain classifier)."""
+        self.loaders = dict(loaders)
 
     def criterion(self) -> Callable | None:
         """``loss(module, logits, y) -> scalar`` replacing the training cross-entropy; ``None``: keep it."""

@@ -165,7 +165,8 @@ def fit_in_loop(
     bounds = sorted({G - (s.unfreeze or 0) for s in stages if s.unfreeze is not None})
     staged = None
     eval_tf = bb.preprocessing.transform()
-    if activation_cache and aug.is_identity and has_val and len(bounds) > 1 and all(b == 0 or can_split(bb, b) for b in bounds):
+    domains = method.data if method is not None else {}  # a method's extra data (a target domain) runs through the backbone too
+    if activation_cache and aug.is_identity and has_val and not domains and len(bounds) > 1 and all(b == 0 or can_split(bb, b) for b in bounds):
         staged = StagedActivations(bb, TorchDataset(splits.train, eval_tf), TorchDataset(splits.val, eval_tf), batch_size=batch_size,
                                    make_loader=make_loader, seed=seed, disk_dir=run_dir / "activations" if run_dir is not None else None, num_groups=G)
         use_cache = False
@@ -187,7 +188,7 @@ def fit_in_loop(
     initial = None
     if head_init == "probe" and probe is not None:
         head_mod, initial = copy.deepcopy(probe[0]).train(), probe[1]
-        info["head_init"] = {"from": "linear probe (LP-FT), fit by auto", "probe_val_acc": initial.acc, "probe_val_loss": initial.loss}
+        info["head_init"] = {"from": "linear probe (LP-FT), fit before the loop", "probe_val_acc": initial.acc, "probe_val_loss": initial.loss}
     elif head_init == "probe":
         t = time.perf_counter()
         head_mod, score = _probe_head(bb, splits, train_ds if use_cache else None, val_ds if use_cache else None, k if use_cache else 0, kind=kind,
@@ -204,6 +205,15 @@ def fit_in_loop(
         bb.eval()
         return head_mod.eval(), [], info
     train_loader = make_loader(train_ds, batch_size, shuffle=True, seed=seed, num_workers=num_workers)
+    if domains:
+        def domain_ds(ds: Any) -> Any:  # as the training batches: cached activations at the same boundary, or the training transform
+            if use_cache:
+                return cache_activations(bb, k, TorchDataset(ds, eval_tf), batch_size=batch_size, num_groups=G)
+            return TorchDataset(ds, aug.transform(bb.preprocessing))
+
+        method.prepare({need: make_loader(domain_ds(ds), batch_size, shuffle=True, seed=seed + 1, num_workers=num_workers) for need, ds in domains.items()},
+                       num_features=bb.num_features, num_classes=len(splits.classes))
+        info["method_data"] = {need: len(ds) for need, ds in domains.items()}
     val_loader = make_loader(val_ds, batch_size, shuffle=False, num_workers=num_workers) if val_ds is not None else None
     t = time.perf_counter()
     result = train_classifier(
