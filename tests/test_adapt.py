@@ -136,7 +136,7 @@ def test_adaptation_run_reports_target_figures(shapes_pair, tmp_path):
     model = headstart.fit(src, **{**FAST, "save": True}, method="dann", target=tgt, target_test=tgt, out=str(tmp_path / "run"))
     m = model.metrics
     assert set(m["target_test"]) >= {"accuracy", "confusion_matrix"} and set(m["target_test"]) == set(m["test"])
-    assert "trained" not in m or m["strategy"] == "finetune"
+    assert set(m["domain_gap"]) == {"after"} and {"mmd2", "mmd_p_value", "coral", "frechet", "pad"} <= set(m["domain_gap"]["after"])
     import yaml
 
     cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
@@ -152,6 +152,7 @@ def test_target_test_before_and_after_with_a_pretrained_backbone(shapes_pair):
     m = model.metrics
     assert {"target_test", "target_test_before"} <= set(m)
     assert 0.0 <= m["target_test_before"]["accuracy"] <= 1.0
+    assert set(m["domain_gap"]) == {"before", "after"} and m["domain_gap"]["before"]["pad"] > 0.5  # inverted noisy shapes: a clear shift
 
 
 def write_images(folder, n, size=16):
@@ -197,3 +198,26 @@ def test_text_target_for_images_is_refused(shapes_pair, tmp_path):
     csv.write_text("text,label\n" + "".join(f"some words {i},{'ab'[i % 2]}\n" for i in range(10)))
     with pytest.raises(HeadstartError, match="holds texts but the labeled data holds images"):
         headstart.fit(src, **FAST, method="dan", target=str(csv))
+
+
+def write_class_folders(root, ds):
+    for i, (x, y) in enumerate(zip(ds.items, ds.labels)):
+        (root / ds.classes[y]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x).save(root / ds.classes[y] / f"{i}.png")
+    return root
+
+
+def test_command_line_dann_with_target_and_target_test(shapes_pair, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    src, tgt = shapes_pair
+    s, t = write_class_folders(tmp_path / "src", src), write_class_folders(tmp_path / "tgt", tgt)
+    r = CliRunner().invoke(app, ["fit", str(s), "-b", "tiny_cnn", "-s", "finetune", "--epochs", "1", "--method", "dann", "--method-opt", "weight=0.5",
+                                 "--target", str(t), "--target-test", str(t), "-o", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["target_test"]["n"] == len(tgt)

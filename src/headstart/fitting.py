@@ -146,7 +146,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
     secondary = _secondary_rank()  # a DDP worker process: trains, writes nothing
     save = o.save and not secondary
     run_dir = None
-    target_before = None  # the probe's figures on --target-test, when the backbone is then trained
+    target_before = gap_before = None  # the probe's figures on --target-test and the features' gap, when the backbone is then trained
     loop_info: dict[str, Any] = {}
     auto_choice = None
     if tr.strategy == "auto":
@@ -189,6 +189,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
             probe = (probe_head, _val_score(bb, probe_head, splits, s, cw))
         if target_test is not None and probe is not None:
             target_before = _head_metrics(bb, probe[0], target_test, s, classes)
+            gap_before = _domain_gap(bb, splits, target_test, s)
         head_mod, history, loop_info = fit_in_loop(
             bb, splits, s.replace(epochs=epochs, augment=augment), strategy=trained, class_weights=cw, timings=timings, run_dir=run_dir,
             resume=_resuming(run_dir), max_time=budget.left(_reserve_seconds(splits, timings, budget)), probe=probe, method=method,
@@ -234,6 +235,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         if target_before is not None:
             metrics["target_test_before"] = target_before
         metrics["target_test_source"] = target_test.source
+        metrics["domain_gap"] = {**({"before": gap_before} if gap_before else {}), "after": _domain_gap(bb, splits, target_test, s, trained=trained != "linear")}
         timings["target_test"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     metrics["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
@@ -465,6 +467,33 @@ def _head_metrics(bb, head_mod, ds, s: Settings, classes) -> dict[str, Any]:
         proba = torch.softmax(head_mod.eval()(torch.as_tensor(x, dtype=torch.float32)), 1).numpy()
     head_mod.train()
     return classification_metrics(ds.labels, proba, classes)
+
+
+#: Items of each domain the gap measures of a run use (seeded subsample): enough for a stable
+#: MMD test and domain classifier, a few seconds of extraction.
+GAP_ITEMS = 500
+
+
+def _domain_gap(bb, splits, target, s: Settings, *, trained: bool = False) -> dict[str, Any]:
+    """The gap measures (:mod:`headstart.gap`) between ``bb``'s features of the source's evaluation split and ``target``.
+
+    ``trained``: the backbone's weights changed in this run: eager torch, no feature cache."""
+    from .features import extract_features
+    from .gap.measures import gap_measures
+
+    source = splits.test if splits.test is not None and len(splits.test) else (splits.val if splits.val is not None and len(splits.val) else splits.train)
+    rng = np.random.default_rng(s.training.seed)
+    feats = []
+    for ds in (source, target):
+        idx = np.sort(rng.permutation(len(ds))[:GAP_ITEMS])
+        feats.append(extract_features(bb, ds.subset(idx), batch_size=s.training.batch_size, runtime="torch" if trained else s.backbone.runtime,
+                                      cache=s.backbone.cache and not trained, progress=False))
+    try:
+        out = gap_measures(feats[0], feats[1], n_perm=100, seed=s.training.seed)
+    except ValueError as e:  # too few items: the run stands without its gap measures
+        log.warning("domain gap not measured: %s", e)
+        return {}
+    return {k: v for k, v in out.items() if k != "seconds"}
 
 
 def _val_score(bb, head_mod, splits, s: Settings, cw):

@@ -163,7 +163,7 @@ def _target_domain(doc: _Doc, rec: RunRecord) -> None:
     doc.table(["metric", *cols], rows, numeric=set(range(1, len(cols) + 1)))
     gap = m.get("domain_gap")
     if gap:
-        names = [k for k in gap.get("after", {}) if isinstance(gap["after"][k], (int, float))]
+        names = [k for k in ("mmd2", "mmd_p_value", "coral", "frechet", "pad") if k in gap.get("after", {})]
         doc.table(["domain gap (source vs target features)", *(["before"] if "before" in gap else []), "after"],
                   [[k, *([gap["before"].get(k)] if "before" in gap else []), gap["after"][k]] for k in names], numeric={1, 2})
 
