@@ -17,7 +17,7 @@ Each training step draws a source batch (the loop's own, with its cross-entropy)
   :math:`p` the fraction of training steps done (the paper's schedule, which keeps the noisy
   early domain signal from the features).
 
-``weight`` (:math:`\lambda`, default 1) 0 is the source-only baseline: no target batch is drawn,
+``weight`` (:math:`\lambda`; default 1 for ``dan`` and ``coral``, 0.1 for ``dann``, see its options) 0 is the source-only baseline: no target batch is drawn,
 the run is exactly the plain fine-tuning run (tested).
 
 BatchNorm: by default every BatchNorm keeps its pretrained running statistics while fine-tuning
@@ -178,6 +178,16 @@ class _Adversary(_Target):
 class DANN(_DomainAdaptation):
     name = "dann"
     description = "domain-adversarial training: a domain classifier behind gradient reversal (Ganin et al. 2016); needs --target"
+
+    @dataclasses.dataclass(frozen=True)
+    class Options(_DomainAdaptation.Options):
+        # Default 0.1, measured on MNIST 5k -> scikit-learn digits (Lite0, finetune 4 epochs, seed 0;
+        # source-only 0.545 target accuracy): weight 1 and 0.3 let the reversed gradient wreck the
+        # pretrained features (target 0.098 and 0.141, source 0.889 and 0.916); 0.1 gave 0.581
+        # (source 0.955). AdamW scales every parameter's step to its gradient's size, so a reversed
+        # gradient that dominates the small cross-entropy gradient of a fine-tuned model moves the
+        # features at full speed.
+        weight: float = 0.1
 
     def term(self) -> nn.Module:
         return _Adversary(self.loaders["target_unlabeled"], self.num_features, self.options.weight)
