@@ -351,6 +351,54 @@ def _print_ranking(ranking) -> None:
         print(f"Kendall tau between {get_score(s).title} and CV accuracy over {k['n']} backbones: {tau}{p}")
 
 
+@app.command()
+def gap(
+    source: str = typer.Argument(..., help="One domain: image folder (class folders or flat), manifest, .npz or 'shapes:<names>'; labeled or not."),
+    target: str = typer.Argument(..., help="The other domain, of the same kind (a flat folder of images or an images-only .npz is unlabeled)."),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="The backbone whose features are compared."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder for gap.json, gap.html and gap_map.png (default runs/gap-<source>-<target>-<time>)."),
+    max_items: int = typer.Option(1000, help="At most this many items of each domain (a seeded subsample), for cost."),
+    n_perm: int = typer.Option(200, help="Permutations of the MMD test."),
+    folds: int = typer.Option(5, help="Cross-validation folds of the domain classifier (proxy A-distance)."),
+    map_items: int = typer.Option(500, help="Items per domain on the t-SNE map (0: no map)."),
+    image_size: str = typer.Option("auto", help="Input size in pixels, or 'auto' (from the source's native size; one size for both)."),
+    seed: int = typer.Option(0, help="Seed of the subsamples, permutations, folds and map."),
+    batch_size: int = typer.Option(64),
+    no_cache: bool = typer.Option(False, help="Do not read or write the feature cache."),
+    runtime: str = typer.Option("auto", help="Feature extraction runtime: auto | openvino | onnx | torch."),
+) -> None:
+    """How far apart two domains are on a backbone's features (MMD, CORAL, Fréchet, proxy A-distance), and what to try."""
+    from .gap import domain_gap
+
+    res = domain_gap(
+        source, target, backbone=backbone, out=out, max_items=max_items, n_perm=n_perm, folds=folds, map_items=map_items,
+        image_size=image_size, seed=seed, batch_size=batch_size, cache=not no_cache, runtime=runtime, progress=True,
+    )
+    _print_gap(res)
+
+
+def _print_gap(res) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .gap.report import measure_rows
+
+    m = res.measures
+    t = Table("measure", "value", "no-shift reference", "what it means",
+              title=f"{res.source_name} ({m['n_source']} items) vs {res.target_name} ({m['n_target']} items), {res.backbone}"
+              + (f" at {res.image_size} px" if res.image_size else ""))
+    for row in measure_rows(m):
+        t.add_row(*[escape(str(c)) for c in row])
+    c = Console(width=max(120, Console().width))
+    c.print(t)
+    c.print(escape(res.sample_note), style="dim")
+    v = res.verdict
+    c.print(f"[bold]{escape(v.title)}[/bold]. {escape(v.seen)}")
+    c.print(f"[bold]What to try:[/bold] {escape(v.advice)}")
+    print(f"results: {res.out / 'gap.html'}  ({res.seconds.get('total', 0):.1f} s)")
+
+
 def main() -> None:
     try:
         app()
