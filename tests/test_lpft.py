@@ -14,7 +14,7 @@ import headstart
 from headstart.backbones import create_backbone
 from headstart.data import from_arrays
 from headstart.errors import HeadstartError
-from headstart.fitting import resolve_image_size
+from headstart.backbones.size import resolve_image_size
 from headstart.train.selection import Score, accuracy_se, better, why
 
 from test_fit import write_folder
@@ -163,11 +163,11 @@ def test_auto_keeps_the_larger_probe_unless_fine_tuning_beats_it(source_run, mon
     whichever of the 4x probe and the fine-tuned model is better on validation (the backbone restored
     to its pretrained weights and the probe's size when the probe wins). The rule's verdict is forced
     both ways here (the rule itself: test_better_weighs_accuracy_and_loss_together)."""
-    import headstart.fitting as fitting
+    import headstart.backbones.size as size
     import headstart.train.selection as selection
     from headstart.data import make_shapes
 
-    monkeypatch.setattr(fitting, "AUTO_MIN_SIZE", 16)  # 8-px images: probe at 32 px, training at 16 px (tiny_cnn: 32)
+    monkeypatch.setattr(size, "AUTO_MIN_SIZE", 16)  # 8-px images: probe at 32 px, training at 16 px (tiny_cnn: 32)
     monkeypatch.setattr(selection, "better", lambda new, old: probe_wins)  # as _keep_wide_probe sees it
     data = make_shapes(("circle", "square", "triangle"), n_per_class=60, size=8, seed=3)
     pretrained = headstart.create_backbone(f"run:{source_run}").state_dict()

@@ -80,7 +80,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
     epoch into ``RUN/checkpoints``; ``resume=RUN`` continues a killed run with its own settings.
 
     ``image_size``: the side images are resized to; ``"auto"`` keeps the backbone's own size unless
-    the images are much smaller (see :func:`resolve_image_size`); recorded in ``model.json``, so
+    the images are much smaller (see :func:`headstart.backbones.size.resolve_image_size`); recorded in ``model.json``, so
     ``predict`` uses the same. ``time_limit``: seconds for the whole call; the loop stops in time
     with the best weights so far, and ``auto`` fine-tunes only when an epoch fits, for as many epochs
     as fit. Fine-tuned weights replace the probe's only when better on validation accuracy and loss
@@ -99,6 +99,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
 
     budget = Budget(tr.time_limit)  # the whole call counts, backbone ranking and the report included
     from .backbones import create_backbone
+    from .backbones.size import resolve_image_size
     from .data import load_splits
     from .evaluate.metrics import classification_metrics
     from .model import Model
@@ -256,36 +257,11 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
     return model
 
 
-def resolve_image_size(image_size: int | str, bb: Any, train: Any, strategy: str = "linear") -> int:
-    """The side, in pixels, that images are resized to for ``bb``.
-
-    ``"auto"``: the backbone's own size, unless the images are much smaller: then a multiple of their
-    native short side (``AUTO_SIZE_FACTOR[strategy]``; at least ``AUTO_MIN_SIZE``), rounded up to a
-    multiple of 16, so a 28-px image is not blown up to 224 px (64 times the pixels it has).
-    """
-    default = int(bb.preprocessing.input_size[0])
-    if image_size == "auto":
-        native = train.native_size()
-        if native is None:
-            return default
-        factor = AUTO_SIZE_FACTOR["linear" if strategy == "linear" else "train"]
-        return min(default, max(AUTO_MIN_SIZE, -(-int(factor * native) // 16) * 16))
-    return int(image_size)  # a whole number >= 16: checked by DataSettings
-
-
-# Measured on MNIST 5k (28 px; 1,000 train / 500 val / 3,500 test), EfficientNet-Lite0, 2 cores:
-# linear probe 0.881 / 0.906 / 0.921 test accuracy at 64 / 112 / 224 px, so the probe, which runs the
-# backbone once, gets 4x the native side (112 px); a fine-tuning step costs 0.9 s per 32 images at
-# 64 px and 3.6 s at 112 px, and 6 epochs at 64 px reached 0.936, so anything that trains the
-# backbone gets 2x (at least 64 px).
-AUTO_SIZE_FACTOR = {"linear": 4, "train": 2}
-
 # What auto fine-tunes with when augment is not given (explicit strategies default to none): measured
 # with 64-px fine-tuning from the probe, light augmentation (random resized crop 0.8-1, flip) took
 # BreastMNIST from 0.814 (probe kept) to 0.853 test accuracy, and left MNIST 5k within noise (0.947
 # vs 0.950).
 AUTO_AUGMENT = "light"
-AUTO_MIN_SIZE = 64
 
 
 def _resume(run: str | Path, *, progress: bool, data: Any = None):

@@ -27,17 +27,12 @@ import numpy as np
 
 from ..errors import BackboneError, DataError, HeadstartError
 from ..evaluate.diagnostics import Finding
+from ..backbones.size import resolve_image_size
 from .measures import MIN_ITEMS, gap_measures
 from .verdict import gap_verdict
 
 log = logging.getLogger("headstart")
 
-# The input size rule of fit's linear probe (headstart.fitting.resolve_image_size, "auto", strategy
-# "linear"), repeated here because fitting sits above this layer: the backbone's own size unless the
-# images are much smaller, then 4x their native side, at least 64 px, a multiple of 16 (measured on
-# MNIST: a 28-px image at 112 px probes as well as at 224 px, at a quarter of the pixels).
-AUTO_SIZE_FACTOR = 4
-AUTO_MIN_SIZE = 64
 
 
 @dataclass
@@ -90,16 +85,13 @@ class GapResult:
 
 
 def image_size_for(image_size: int | str, bb: Any, source: Any) -> int:
-    """The side images of both domains are resized to: ``image_size``, or for ``"auto"`` the rule above on the source's native size."""
-    default = int(bb.preprocessing.input_size[0])
-    if image_size == "auto":
-        native = source.native_size()
-        return default if native is None else min(default, max(AUTO_MIN_SIZE, -(-AUTO_SIZE_FACTOR * native // 16) * 16))
+    """The side images of both domains are resized to: ``image_size``, or for ``"auto"`` fit's probe
+    rule (:func:`headstart.backbones.size.resolve_image_size`) on the source's native size."""
     if isinstance(image_size, str) and image_size.isdigit():
         image_size = int(image_size)
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16:
+    if image_size != "auto" and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16):
         raise HeadstartError(f"The 'image_size' parameter must be 'auto' or a whole number of pixels >= 16; got {image_size!r}.")
-    return image_size
+    return resolve_image_size(image_size, bb, source, "linear")
 
 
 def short_name(arg: Any, ds: Any) -> str:
