@@ -4,9 +4,6 @@ on tiny image sets (the ``tiny_cnn`` backbone), the command line included."""
 from __future__ import annotations
 
 import json
-import logging
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -220,28 +217,6 @@ def test_bad_input_is_a_clear_error(tmp_path):
 
 
 # --- the command line -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    """Run ``headstart.cli.main`` in this process: ``(code, stdout, stderr)``."""
-    from headstart.cli import main
-
-    root, lib = logging.getLogger(), logging.getLogger("headstart")
-    handlers, root_level, lib_level = root.handlers[:], root.level, lib.level
-
-    def run(*args) -> subprocess.CompletedProcess:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", ["headstart", *map(str, args)])
-        with pytest.raises(SystemExit) as e:
-            main()
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, e.value.code or 0, out, err)
-
-    yield run
-    root.handlers[:] = handlers
-    root.setLevel(root_level)
-    lib.setLevel(lib_level)
 
 
 def test_cli_end_to_end(tmp_path, cli):
