@@ -221,7 +221,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
     if ranking is not None:  # why this backbone; the report renders metrics["backbone_ranking"]
         config["backbone_selection"] = {"requested": "auto", "candidates": [r.backbone for r in ranking.rows], "score": ranking.score_name}
         metrics["backbone_ranking"] = ranking.to_dicts()
-    eval_ds = splits.test if splits.test is not None and len(splits.test) else splits.val
+    eval_ds = _eval_split(splits)
     if eval_ds is not None and len(eval_ds):
         t = time.perf_counter()
         proba = model.predict_proba(eval_ds, batch_size=tr.batch_size, runtime=b.runtime, cache=b.cache and (trained == "linear" or loop_info.get("best_epoch") == -1))  # an unchanged backbone: its cached features
@@ -445,6 +445,11 @@ def _head_metrics(bb, head_mod, ds, s: Settings, classes) -> dict[str, Any]:
     return classification_metrics(ds.labels, proba, classes)
 
 
+def _eval_split(splits):
+    """The split a run is scored on: test, else validation (may be ``None`` or empty)."""
+    return splits.test if splits.test is not None and len(splits.test) else splits.val
+
+
 #: Items of each domain the gap measures of a run use (seeded subsample): enough for a stable
 #: MMD test and domain classifier, a few seconds of extraction.
 GAP_ITEMS = 500
@@ -457,7 +462,8 @@ def _domain_gap(bb, splits, target, s: Settings, *, trained: bool = False) -> di
     from .features import extract_features
     from .gap.measures import gap_measures
 
-    source = splits.test if splits.test is not None and len(splits.test) else (splits.val if splits.val is not None and len(splits.val) else splits.train)
+    source = _eval_split(splits)
+    source = source if source is not None and len(source) else splits.train
     rng = np.random.default_rng(s.training.seed)
     feats = []
     for ds in (source, target):

@@ -42,7 +42,13 @@ from .divergence import coral, mk_mmd2
 
 
 class _Target(nn.Module):
-    """A loss term ``weight * distance(F_S, F_T)`` drawing its target batches from a cycled loader."""
+    """A loss term ``scale * distance(F_S, F_T)`` drawing its target batches from a cycled loader.
+
+    ``scale`` is ``weight``; subclasses may instead apply the weight inside the distance (DANN's
+    gradient reversal) and refresh per-step state in :meth:`begin_step`. ``min_items``: the fewest
+    items of each domain the distance is defined for (a covariance or an unbiased MMD needs 2)."""
+
+    min_items = 2
 
     def __init__(self, loader: Any, distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], weight: float):
         super().__init__()
@@ -66,14 +72,22 @@ class _Target(nn.Module):
                 self._it = None
         raise HeadstartError("The target data gave no batch; it needs at least 2 items.")
 
+    @property
+    def scale(self) -> float:
+        return self.weight
+
+    def begin_step(self, module: Any) -> None:
+        """Per-step state before the distance (nothing here)."""
+
     def forward(self, module: Any, batch: Any, outputs: dict) -> torch.Tensor:
+        self.begin_step(module)
         fs = outputs["features"]
         ft = module.features(self.next_batch(fs.device))
-        if len(fs) < 2 or len(ft) < 2:  # a last batch of one item: no distance to estimate
+        if len(fs) < self.min_items or len(ft) < self.min_items:  # e.g. a last batch of one item: no distance to estimate
             return fs.sum() * 0.0
         d = self.distance(fs, ft)
         self.last = float(d.detach())
-        return self.weight * d
+        return self.scale * d
 
 
 class _DomainAdaptation(Method):
@@ -151,7 +165,13 @@ def dann_lambda(progress: float, weight: float = 1.0, gamma: float = 10.0) -> fl
 
 
 class _Adversary(_Target):
-    """The DANN term: a domain classifier on reversed features; its parameters train with the head."""
+    """The DANN term: a domain classifier on reversed features; its parameters train with the head.
+
+    The classifier's loss is added at full strength (``scale`` 1); ``weight`` enters through the
+    reversal coefficient, so the features get ``-weight * lambda_p`` times its gradient."""
+
+    min_items = 1
+    scale = 1.0
 
     def __init__(self, loader: Any, num_features: int, weight: float, hidden: int = 256):
         super().__init__(loader, self._loss, weight)
@@ -166,17 +186,11 @@ class _Adversary(_Target):
         self.domain_acc = float(((logit.detach() > 0).float() == y).float().mean())
         return nn.functional.binary_cross_entropy_with_logits(logit, y)
 
-    def forward(self, module: Any, batch: Any, outputs: dict) -> torch.Tensor:
+    def begin_step(self, module: Any) -> None:
         trainer = getattr(module, "_trainer", None)
         total = max(int(trainer.estimated_stepping_batches), 1) if trainer is not None else 1
         step = int(trainer.global_step) if trainer is not None else 0
         self.coeff = dann_lambda(step / total, self.weight)
-        fs = outputs["features"]
-        ft = module.features(self.next_batch(fs.device))
-        d = self._loss(fs, ft)
-        self.last = float(d.detach())
-        # The classifier learns at full strength; the features get -coeff times its gradient (above).
-        return d
 
 
 @register_method
