@@ -114,9 +114,13 @@ def main() -> None:
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--options", default="{}", help="JSON of extra fit options for every run")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--merge", default=None, help="comma-separated JSON files of rows (from --json): print their table, run nothing")
     args = ap.parse_args()
 
-    import numpy as np
+    if args.merge:
+        rows = [r for f in args.merge.split(",") for r in json.loads(Path(f).read_text())]
+        table(rows, f"{args.backbone}, finetune {args.epochs} epochs, merged from {args.merge}")
+        return
 
     import headstart
 
@@ -137,7 +141,15 @@ def main() -> None:
                        "seconds": time.perf_counter() - t0}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print(f"\n{args.backbone}, finetune {args.epochs} epochs, seeds {args.seeds}\n")
+    table(rows, f"{args.backbone}, finetune {args.epochs} epochs, seeds {args.seeds}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def table(rows: list[dict], title: str) -> None:
+    import numpy as np
+
+    print(f"\n{title}\n")
     print("| source -> target | method | target accuracy | probe before training | gain over source-only (points) | source test accuracy | seconds per run |")
     print("|---|---|---|---|---|---|---|")
     for pair in dict.fromkeys(r["pair"] for r in rows):
@@ -148,9 +160,7 @@ def main() -> None:
             probe = np.array([r["target_acc_probe"] for r in rs if r["target_acc_probe"] is not None])
             src = np.array([r["source_acc"] for r in rs])
             gain = f"{100 * (acc.mean() - base):+.1f}" if np.isfinite(base) else "-"
-            print(f"| {pair} | {method} | {acc.mean():.3f} ± {acc.std():.3f} | {probe.mean():.3f} | {gain} | {src.mean():.3f} | {np.mean([r['seconds'] for r in rs]):.0f} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+            print(f"| {pair} | {method} | {acc.mean():.3f} ± {acc.std():.3f} (n={len(acc)}) | {probe.mean():.3f} | {gain} | {src.mean():.3f} | {np.mean([r['seconds'] for r in rs]):.0f} |")
 
 
 if __name__ == "__main__":

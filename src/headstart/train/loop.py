@@ -45,7 +45,7 @@ from ..errors import HeadstartError
 from .checkpoint import AtomicCheckpointIO, LastCheckpoint, last_checkpoint
 from .freeze import num_groups, trainable_group_count
 from .module import ClassifierModule, LossTerm
-from .selection import Score, better, why
+from .selection import KEEP_RULES, Score, better, keeps_latest, why
 from .strategies import Stage, StageCallback
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,10 @@ class BestWeights(Checkpoint):
     stopping; it writes no file.
     """
 
-    def __init__(self, initial: Score | None = None) -> None:
+    def __init__(self, initial: Score | None = None, keep: str = "best") -> None:
         self.initial = initial
+        self.keep = keep
+        self.top: Score | None = None  # keep="latest": the best validation accuracy seen (initial included)
         self.history: list[dict] = []
         self.best_epoch: int | None = None
         self.best_val_loss: float | None = None
@@ -114,6 +116,7 @@ class BestWeights(Checkpoint):
         # Not again on resume (the state has it).
         if self.initial is not None and self.best_epoch is None and not self.history:
             self.best_epoch, self.best_val_loss, self.best_score = -1, float(self.initial.loss), self.initial
+            self.top = self.initial
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -141,7 +144,12 @@ class BestWeights(Checkpoint):
             self.best_epoch = row["epoch"]  # no validation: the last epoch is the result
             return
         score = Score(float(row["val_acc"]), float(row["val_loss"]), int(m.get("val_n", 1)))
-        if self.best_score is None or better(score, self.best_score):
+        if self.keep == "latest":
+            self.top = score if self.top is None or score.acc > self.top.acc else self.top
+            replace = keeps_latest(score, self.top)
+        else:
+            replace = self.best_score is None or better(score, self.best_score)
+        if replace:
             self.best_epoch, self.best_val_loss, self.best_score = row["epoch"], score.loss, score
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
 
@@ -151,6 +159,10 @@ class BestWeights(Checkpoint):
         if self.best_score is None or not self.history:
             return "no validation: kept the last epoch" if self.history else "no epoch ran"
         best = f"epoch {self.best_epoch}" if self.best_epoch != -1 else "the starting weights (linear probe)"
+        if self.keep == "latest":
+            last = self.history[-1]["epoch"]
+            return (f"kept {best} (val acc {self.best_score.acc:.4f}): the latest weights whose validation accuracy is within one "
+                    f"standard error of the best seen ({self.top.acc:.4f})" + ("" if self.best_epoch == last else f"; epoch {last} fell below it"))
         if self.initial is not None and self.best_epoch != -1:
             return why(self.best_score, self.initial, new_name=best, old_name="the starting weights (linear probe)")
         rows = [r for r in self.history if r["val_loss"] is not None and r["epoch"] != self.best_epoch]
@@ -163,7 +175,8 @@ class BestWeights(Checkpoint):
     def state_dict(self) -> dict[str, Any]:
         # The best weights travel in the checkpoint: a resumed run still ends on the best epoch's weights.
         score = None if self.best_score is None else [self.best_score.acc, self.best_score.loss, self.best_score.n]
-        return {"best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss, "best_score": score,
+        top = None if self.top is None else [self.top.acc, self.top.loss, self.top.n]
+        return {"best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss, "best_score": score, "top": top,
                 "history": copy.deepcopy(self.history), "best_state": self.best_state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -171,6 +184,8 @@ class BestWeights(Checkpoint):
         self.best_val_loss = state_dict.get("best_val_loss")
         score = state_dict.get("best_score")
         self.best_score = Score(float(score[0]), float(score[1]), int(score[2])) if score else None
+        top = state_dict.get("top")
+        self.top = Score(float(top[0]), float(top[1]), int(top[2])) if top else None
         self.history = list(state_dict.get("history", []))
         self.best_state = state_dict.get("best_state")
 
@@ -279,8 +294,11 @@ class LoopConfig:
     patience: int | None = None
     seed: int = 0
     max_time: float | None = None
+    keep: str = "best"
 
     def __post_init__(self) -> None:
+        if self.keep not in KEEP_RULES:
+            raise ValueError(f"The 'keep' parameter must be one of {set(KEEP_RULES)}; got {self.keep!r}.")
         if self.trainable not in TRAINABLE:
             raise ValueError(f"The 'trainable' parameter must be one of {set(TRAINABLE)}; got {self.trainable!r}.")
         if self.stages is None and int(self.epochs) < 1:
@@ -356,7 +374,8 @@ def train_classifier(
     processes (plain ``BatchNorm`` layers; converted back after training). ``initial``:
     the validation :class:`~.selection.Score` of the starting weights (e.g. a linear probe's); they
     are kept (``best_epoch == -1``) unless an epoch beats them by :func:`~.selection.better`, the rule
-    that also picks the best epoch.
+    that also picks the best epoch. ``keep="latest"`` (domain adaptation) keeps the latest weights
+    whose validation accuracy is within one standard error of the best seen (:func:`~.selection.keeps_latest`).
     ``criterion``: a method's training loss in place of cross-entropy (validation keeps cross-entropy).
     ``extra_losses``/``callbacks``: loss terms and Lightning callbacks of the methods built on
     this loop. ``staged``: a :class:`~.cache.StagedActivations` that gives each stage loaders over
@@ -398,7 +417,7 @@ def train_classifier(
     if staged is not None:
         module.staged, module.staging, module.n_groups = staged, staging, n_groups
         train_loader = val_loader = None  # the module's hooks give each stage its own
-    best = BestWeights(initial if has_val else None)
+    best = BestWeights(initial if has_val else None, keep=c.keep)
     cbs: list[Callback] = [*callbacks, staging, best]
     ckpt_path = None
     if r.checkpoint_dir is not None:

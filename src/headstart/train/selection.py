@@ -16,6 +16,12 @@ fine-tuned model's loss rises (over-confidence) while its accuracy still climbs;
 swings with a single image of a small validation set (the probe chose its penalty on 0.831 vs
 0.827: one image of 225). A difference in accuracy counts only when it is larger than that noise.
 
+Under domain adaptation (``keep="latest"``, :func:`keeps_latest`) the validation set is the
+source's, which cannot see the target: the loss there rises by design as the features move towards
+the target, so :func:`better` would hand back the unadapted starting weights. There the latest
+weights are kept unless their validation accuracy falls below the best seen by more than one
+standard error (the run then keeps the last weights that did not).
+
 Example::
 
     better(Score(0.93, 0.30, 500), Score(0.90, 0.25, 500))  # True: +3 points > se 0.013
@@ -76,3 +82,13 @@ def why(new: Score, old: Score, *, new_name: str, old_name: str) -> str:
         f"kept {kept_name} (val acc {kept.acc:.4f}, loss {kept.loss:.4f}) over {other_name} "
         f"(val acc {other.acc:.4f}, loss {other.loss:.4f}): {reason}"
     )
+
+
+KEEP_RULES = ("best", "latest")
+
+
+def keeps_latest(new: Score, top: Score) -> bool:
+    """``keep="latest"``: whether ``new`` replaces the kept weights, ``top`` the best validation accuracy so far.
+
+    ``new`` is kept unless its accuracy is lower than ``top``'s by more than one standard error."""
+    return new.acc >= top.acc - accuracy_se(new.acc, top.acc, min(new.n, top.n))
