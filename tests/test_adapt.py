@@ -99,6 +99,24 @@ def test_mmd_is_about_zero_within_a_domain_and_large_across():
     assert float(mk_mmd2(a, b + 1.0)) > 0.1
 
 
+def test_dan_logits_option_adds_the_classifier_layer():
+    """DAN's classifier layer: with logits=True the term is MK-MMD² of the features plus that of the head's logits."""
+    g = torch.Generator().manual_seed(0)
+    xs, xt = torch.randn(32, 4, generator=g), torch.randn(32, 4, generator=g) + 1.0
+    f, head = nn.Linear(4, 4), nn.Linear(4, 3)
+    module = SimpleNamespace(features=f, head=head)
+    outputs = {"features": f(xs), "logits": head(f(xs))}
+    terms = {}
+    for logits in (False, True):
+        method = create_method("dan", {"logits": logits, "weight": 2})
+        method.prepare({"target_unlabeled": DataLoader(TensorDataset(xt), batch_size=32)}, num_features=4, num_classes=3)
+        terms[logits] = float(method.loss_terms()[0](module, None, outputs))
+    ft = f(xt)
+    assert terms[False] == pytest.approx(2 * float(mk_mmd2(f(xs), ft)), rel=1e-5)
+    assert terms[True] == pytest.approx(terms[False] + 2 * float(mk_mmd2(head(f(xs)), head(ft))), rel=1e-5)
+    assert create_method("dan").loop_hooks()["keep"] == "latest" and "keep" not in create_method("dan", {"weight": 0}).loop_hooks()
+
+
 def test_gradient_reversal_and_lambda_schedule():
     x = torch.ones(3, requires_grad=True)
     grad_reverse(x, 0.5).sum().backward()
@@ -142,6 +160,7 @@ def test_adaptation_run_reports_target_figures(shapes_pair, tmp_path):
     cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert cfg["settings"]["method"]["name"] == "dann" and cfg["settings"]["data"]["target"] is None  # in memory: not rebuildable
     assert cfg["training"]["method_data"] == {"target_unlabeled": len(tgt)}
+    assert "the latest weights" in cfg["training"]["kept"]  # source validation cannot see the target: keep="latest"
     assert "Target domain" in (tmp_path / "run" / "report.html").read_text()
 
 

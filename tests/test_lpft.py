@@ -15,7 +15,7 @@ from headstart.backbones import create_backbone
 from headstart.data import from_arrays
 from headstart.errors import HeadstartError
 from headstart.backbones.size import resolve_image_size
-from headstart.train.selection import Score, accuracy_se, better, why
+from headstart.train.selection import Score, accuracy_se, better, keeps_latest, why
 
 from test_fit import write_folder
 
@@ -44,6 +44,41 @@ def test_better_weighs_accuracy_and_loss_together():
     assert not better(Score(0.93, 0.30, 30), Score(0.90, 0.25, 30))  # +3 points of 30 items is one item: noise
     text = why(Score(0.93, 0.30, 500), probe, new_name="epoch 3", old_name="the probe")
     assert text.startswith("kept epoch 3") and "standard error" in text
+
+
+def test_keep_latest_tolerates_noise_not_a_drop():
+    """Domain adaptation's rule: the latest weights unless their accuracy falls > 1 se below the best seen."""
+    top = Score(0.95, 0.10, 500)  # se near 0.95 on 500 items: 0.0097
+    assert keeps_latest(Score(0.945, 0.40, 500), top)  # -0.5 point, much higher loss: kept (the loss does not count)
+    assert not keeps_latest(Score(0.93, 0.10, 500), top)  # -2 points: a real drop
+    assert keeps_latest(top, top)
+
+
+def test_best_weights_keep_latest_over_epochs():
+    from types import SimpleNamespace
+
+    from headstart.train import BestWeights
+
+    def module(e, acc, loss):
+        return SimpleNamespace(epoch_metrics={"val_acc": acc, "val_loss": loss, "val_n": 500, "train_loss": 0.1, "train_acc": 1.0},
+                               backbone=None, stage={}, state_dict=lambda: {"w": torch.tensor(float(e))})
+
+    best = BestWeights(Score(0.90, 0.05, 500), keep="latest")
+    best.on_train_start(None, module(-1, 0.90, 0.05))
+    for e, (acc, loss) in enumerate([(0.95, 0.30), (0.945, 0.50), (0.92, 0.60)]):  # the loss rises all along
+        trainer = SimpleNamespace(val_dataloaders=[0], current_epoch=e, optimizers=[])
+        best.on_train_epoch_start(trainer, None)
+        best.on_train_epoch_end(trainer, module(e, acc, loss))
+    assert best.best_epoch == 1 and float(best.best_state["w"]) == 1.0  # epoch 2 fell 3 points below the best (epoch 0)
+    assert "latest weights" in best.reason and "epoch 2 fell below" in best.reason
+    again = BestWeights(keep="latest")
+    again.load_state_dict(best.state_dict())  # resume keeps the best accuracy seen
+    assert again.top == Score(0.95, 0.30, 500)
+    default = BestWeights(Score(0.90, 0.05, 500))
+    default.on_train_start(None, module(-1, 0.90, 0.05))
+    trainer = SimpleNamespace(val_dataloaders=[0], current_epoch=0, optimizers=[])
+    default.on_train_epoch_end(trainer, module(0, 0.905, 0.30))
+    assert default.best_epoch == -1  # the default rule keeps the probe: +0.5 point is noise, the loss is worse
 
 
 def test_run_log_says_which_weights_were_kept(folder, tmp_path, caplog):
