@@ -15,7 +15,7 @@ too). Bottom to top, as :data:`LAYERS` lists them (``|`` joins the units of one 
 import each other)::
 
     errors | _io | _util -> data | methods -> settings -> backbones -> heads | features -> train -> evaluate | run_folder
-    -> model -> select | gap -> fitting -> experiments | demo -> cli
+    -> model -> select | gap | continual -> fitting -> experiments | demo -> cli
 
 - ``errors``, ``_io``, ``_util``: exceptions; atomic writes and file hashes; CPU cores and the
   weights hash that backbones and features share. They import nothing of headstart.
@@ -30,7 +30,8 @@ import each other)::
 - ``model``: a trained backbone and head, saved and loaded.
 - ``select``: transferability scores (it loads a previous run's head, through ``model``, to score
   a ``run:`` backbone); ``gap``: how far apart two domains are on a backbone's features
-  (``headstart gap``), with the adaptation losses' own distances (``methods.divergence``).
+  (``headstart gap``), with the adaptation losses' own distances (``methods.divergence``);
+  ``continual``: continuing a finished run on new classes (``fit --from RUN``), through ``model``.
 - ``fitting``: ``fit``. ``experiments``: what calls ``fit`` many times (``headstart curve``);
   ``demo``. ``cli``: thin commands over all of these.
 
@@ -60,7 +61,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("train",),
     ("evaluate", "run_folder"),
     ("model",),
-    ("select", "gap"),
+    ("select", "gap", "continual"),
     ("fitting",),
     ("experiments", "demo"),
     ("cli",),

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import __version__
 from .errors import HeadstartError
+from .run_folder import read_config  # noqa: F401  (re-exported: headstart.fitting.read_config)
 from .settings import STRATEGIES, Settings  # noqa: F401  (STRATEGIES: re-exported)
 
 log = logging.getLogger("headstart")
@@ -95,6 +96,9 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
     backbone, epochs, augment, out = b.name, tr.epochs, tr.augment, o.out  # resolved or decided below
     method = _create_method(s)
     _check_unused_inputs(s, method)
+    cont = _continuation(s, method)  # --from RUN: the old run, loaded and checked before any work
+    if cont is not None:
+        backbone = cont.backbone
     from .train.budget import Budget
 
     budget = Budget(tr.time_limit)  # the whole call counts, backbone ranking and the report included
@@ -103,6 +107,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
     from .data import load_splits
     from .evaluate.metrics import classification_metrics
     from .model import Model
+    from ._io import write_json
     from .run_folder import check_run_dir, new_run_dir, write_config, write_history, write_metrics, write_predictions
 
     if o.save:
@@ -110,7 +115,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
     # what config.yaml records to rerun (--config) or resume the run: the data (None in memory: a run
     # folder cannot rebuild it; resume from Python) and every setting as given
     rerun = {"data": str(data) if isinstance(data, (str, Path)) else None, "settings": s.to_dict()}
-    for key in ("target", "target_test"):  # data given in memory (Python): recorded as None, like the data
+    for key in ("target", "target_test", "old_data"):  # data given in memory (Python): recorded as None, like the data
         if not isinstance(rerun["settings"]["data"][key], (str, type(None))):
             rerun["settings"]["data"][key] = None
     import torch
@@ -127,6 +132,8 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
 
     t0 = time.perf_counter()
     splits = load_splits(data, val=d.val, test=d.test, seed=tr.seed, strict=d.strict, text_col=d.text_col, label_col=d.label_col)
+    if cont is not None:  # the joint classes (old first); the old task's validation and test items join the new ones
+        splits = cont.join(splits, s)
     bb = ranking.best_backbone if ranking is not None else create_backbone(backbone, weights=b.weights)  # the instance scored (random-init too)
     if (splits.train.modality == "text") != hasattr(bb, "tokenize"):
         kind = "text" if splits.train.modality == "text" else "image"
@@ -136,10 +143,13 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         )
     if splits.train.modality == "image":
         # auto probes at the probe's size; _auto moves to the training size if it fine-tunes
-        size = resolve_image_size(d.image_size, bb, splits.train, "linear" if tr.strategy == "auto" else tr.strategy)
+        size = (cont.input_size() if cont is not None and d.image_size == "auto"  # the size the old head was trained at
+                else resolve_image_size(d.image_size, bb, splits.train, "linear" if tr.strategy == "auto" else tr.strategy))
         bb.preprocessing = dataclasses.replace(bb.preprocessing, input_size=(size, size))
         log.info("input size %d px (%s)", size, "auto" if d.image_size == "auto" else "set")
     _load_inputs(method, s, splits)
+    if cont is not None:
+        cont.old_task(method, bb, splits, s)  # the old run's figures on the old task; a continual method gets the old model
     target_test = _load_target_test(s, splits)
     classes = splits.classes
     cw = _class_weights(splits.train.labels, len(classes)) if h.class_weights == "balanced" else None
@@ -184,6 +194,9 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         from .train.recipes import fit_in_loop
 
         probe = auto_choice.get("probe_score") if auto_choice is not None else None
+        if cont is not None:  # the old head grown by the new classes, judged on both tasks' validation items
+            head0 = cont.head(bb, splits, s, cw)
+            probe = (head0, _val_score(bb, head0, splits, s, cw))
         if target_test is not None and probe is None and bb.provenance.source != "random-init":
             # the probe fine-tuning starts from, fit here so that its target figures are the "before" of the run
             probe_head, _ = _fit_linear(bb, splits, s, cw, timings)
@@ -195,6 +208,8 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
             bb, splits, s.replace(epochs=epochs, augment=augment), strategy=trained, class_weights=cw, timings=timings, run_dir=run_dir,
             resume=_resuming(run_dir), max_time=budget.left(_reserve_seconds(splits, timings, budget)), probe=probe, method=method,
         )
+    elif cont is not None:
+        head_mod, history = cont.head(bb, splits, s, cw).eval(), []
     else:
         head_mod, history = _fit_linear(bb, splits, s, cw, timings)
     if auto_choice is not None and "wide_probe" in auto_choice:
@@ -217,6 +232,8 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         "versions": _versions(),
     }
     model.info = {"strategy": tr.strategy, "head": head_mod.config()["kind"], "backbone": backbone, "trained_on": splits.train.source}
+    if cont is not None:
+        config["parent"] = model.info["parent"] = cont.lineage(method)
     metrics: dict[str, Any] = {"strategy": trained, **({"auto": auto_choice} if auto_choice else {}), "classes": classes, "counts": splits.summary(), "problems": [str(p) for ds in (splits.train, splits.val, splits.test) if ds is not None for p in ds.problems]}
     if ranking is not None:  # why this backbone; the report renders metrics["backbone_ranking"]
         config["backbone_selection"] = {"requested": "auto", "candidates": [r.backbone for r in ranking.rows], "score": ranking.score_name}
@@ -228,6 +245,8 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         timings["predict"] = time.perf_counter() - t
         split_name = "test" if eval_ds is splits.test else "val"
         metrics[split_name] = classification_metrics(eval_ds.labels, proba, classes)
+        if cont is not None:
+            metrics["continual"] = cont.measures(eval_ds.labels, proba)
     else:
         proba, split_name = None, None
     if target_test is not None:
@@ -245,6 +264,8 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         run_dir = new_run_dir(out, name=f"{backbone.replace(':', '_').replace('/', '_')}-{tr.strategy}", overwrite=o.overwrite)
         model.save(run_dir)
         write_config(run_dir, config)
+        for name, content in (method.run_files() if method is not None else {}).items():
+            write_json(run_dir / name, content)
         write_history(run_dir, history)
         write_metrics(run_dir, metrics)
         _drop_training_state(run_dir)
@@ -280,24 +301,6 @@ def _resume(run: str | Path, *, progress: bool, data: Any = None):
         raise RunFolderError(f"{str(run)!r} was trained on in-memory data; resume it from Python: fit(data, resume={str(run)!r}).")
     log.info("resuming %s", run)
     return fit(data, settings, out=str(run), progress=progress, overwrite=False)
-
-
-def read_config(path: str | Path) -> tuple[str | None, Settings]:
-    """``(data, settings)`` recorded in a ``config.yaml`` (a run folder's, or one written by hand:
-    ``data:`` and the ``settings:`` groups, every field optional)."""
-    import yaml
-
-    from .errors import RunFolderError
-
-    path = Path(path)
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise RunFolderError(f"Cannot read the config file {str(path)!r}: {e}. Fix: give a YAML file with 'data:' and 'settings:' (e.g. a run folder's config.yaml).") from None
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("settings", {}), dict):
-        raise RunFolderError(f"{str(path)!r} does not record settings ('settings:' with groups data, backbone, head, training, hardware, output).")
-    data = cfg.get("data")
-    return (str(data) if data is not None else None), Settings.from_dict(cfg.get("settings"))
 
 
 def _resuming(run_dir: Path | None) -> bool:
@@ -385,6 +388,20 @@ def _create_method(s: Settings):
             raise HeadstartError(f"Method {s.method.name!r} needs {spec.what}. Fix: pass {spec.flag} DATA "
                                  f"(Python: {spec.setting}=...).")
     return method
+
+
+def _continuation(s: Settings, method):
+    """The old run a fit continues (``--from``), or ``None``; a continual method or --old-data without --from is an error."""
+    if s.data.from_run is None:
+        if method is not None and method.continual:
+            raise HeadstartError(f"Method {method.name!r} keeps an old task while learning a new one, and continues a finished run. "
+                                 "Fix: pass --from RUN (Python: from_run=...), the run folder of the old task.")
+        if s.data.old_data is not None:
+            raise HeadstartError("--old-data is the old task's data of a continued run. Fix: add --from RUN (or drop --old-data).")
+        return None
+    from .continual import Continuation
+
+    return Continuation.open(s, method)
 
 
 def _check_unused_inputs(s: Settings, method) -> None:

@@ -19,7 +19,7 @@ from .errors import RunFolderError
 #: config). ``model.json`` marks a finished run. curve.csv/curve.json are not
 #: here: ``headstart curve --out RUN`` adds them to a run on purpose, and they describe the data.
 RUN_FILES = ("model.json", "config.yaml", "model.safetensors", "metrics.json", "history.csv", "predictions.csv",
-             "report.html", "report.md", "report_data.npz")
+             "report.html", "report.md", "report_data.npz", "memory.json")
 RUN_DIRS = ("plots", "checkpoints", "activations", "logs", "backbone")
 
 
@@ -94,3 +94,21 @@ def write_predictions(run_dir: Path, names: Sequence[str], y_true: np.ndarray, p
     for name, t, p, row in zip(names, y_true, pred, proba):
         w.writerow([name, split, classes[int(t)], classes[int(p)], f"{row[p]:.6f}", *[f"{v:.6f}" for v in row]])
     write_text(run_dir / "predictions.csv", buf.getvalue())
+
+
+def read_config(path: str | Path) -> tuple[str | None, "Settings"]:
+    """``(data, settings)`` recorded in a ``config.yaml`` (a run folder's, or one written by hand:
+    ``data:`` and the ``settings:`` groups, every field optional)."""
+    import yaml
+
+    from .settings import Settings
+
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise RunFolderError(f"Cannot read the config file {str(path)!r}: {e}. Fix: give a YAML file with 'data:' and 'settings:' (e.g. a run folder's config.yaml).") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("settings", {}), dict):
+        raise RunFolderError(f"{str(path)!r} does not record settings ('settings:' with groups data, backbone, head, training, hardware, output).")
+    data = cfg.get("data")
+    return (str(data) if data is not None else None), Settings.from_dict(cfg.get("settings"))

@@ -89,6 +89,13 @@ class DataSettings:
     target_test: str | None = opt(
         None, "Labeled target-domain data to evaluate on (classes among the training data's): metrics.json 'target_test', with the "
         "probe's figures before fine-tuning; any run.")
+    from_run: str | None = opt(
+        None, "Continue from this finished run (a run folder): its backbone and head, which grows by the new data's classes; "
+        "old-task accuracy before and after, forgetting and backward transfer in metrics.json 'continual'. See --keep-old.",
+        cli=("--from",))
+    old_data: str | None = opt(
+        None, "With --from: the old task's data (default: the data the --from run recorded in its config.yaml), split as that run "
+        "split it; scores the old task, and feeds the methods that use it (rehearsal; ewc's Fisher).")
     image_size: int | str = opt(
         "auto", "Input size in pixels, or auto: the backbone's size, but small images are not blown up (4x their native side "
         "for the linear probe, 2x when training the backbone, at least 64 px: 28-px digits -> 112 or 64).")
@@ -96,7 +103,7 @@ class DataSettings:
     def __post_init__(self) -> None:
         _fraction("val", self.val)
         _fraction("test", self.test)
-        for name in ("target", "target_test"):
+        for name in ("target", "target_test", "from_run", "old_data"):
             if isinstance(getattr(self, name), os.PathLike):
                 object.__setattr__(self, name, os.fspath(getattr(self, name)))
         if self.image_size != "auto":
@@ -227,7 +234,8 @@ class OutputSettings:
 class MethodSettings:
     """A method added to the training loop (:mod:`headstart.methods`) and its options."""
 
-    name: str | None = opt(None, "A method added to the training loop (see headstart.methods), e.g. focal.", flat="method")
+    name: str | None = opt(None, "A method added to the training loop (see headstart.methods), e.g. focal; --keep-old names one of "
+                           "the continual methods (naive | ewc | lwf | rehearsal | l2sp, with --from).", flat="method", cli=("--method", "--keep-old"))
     options: dict = opt(None, "Options of --method as KEY=VALUE (repeatable), e.g. gamma=2.", flat="method_opt", cli=("--method-opt",))
 
     def __post_init__(self) -> None:

@@ -20,7 +20,7 @@ Example::
     focal.options.gamma                              # 2.0
 """
 
-from .base import NEEDS, Method, Need, create_method, list_methods, method_class, parse_options, register_method
-from . import adapt, focal  # noqa: F401  (register "dan", "coral", "dann"; "focal")
+from .base import NEEDS, Method, Need, OldTask, create_method, list_methods, method_class, parse_options, register_method
+from . import adapt, focal, forgetting  # noqa: F401  (register "dan", "coral", "dann"; "focal"; "naive", "ewc", "lwf", "rehearsal", "l2sp")
 
-__all__ = ["NEEDS", "Need", "Method", "create_method", "list_methods", "method_class", "parse_options", "register_method"]
+__all__ = ["NEEDS", "Need", "Method", "OldTask", "create_method", "list_methods", "method_class", "parse_options", "register_method"]

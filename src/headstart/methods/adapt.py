@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..errors import HeadstartError
-from .base import Method, register_method
+from .base import Cycled, Method, register_method
 from .divergence import coral, mk_mmd2
 
 
@@ -57,24 +57,12 @@ class _Target(nn.Module):
     def __init__(self, loader: Any, distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], weight: float):
         super().__init__()
         self.loader, self.distance, self.weight = loader, distance, float(weight)
-        self._it: Iterator | None = None
-        self._passes = 0
+        self._batches = Cycled(loader, "target data")  # a new order each pass over the target
         self.last: float | None = None  # the latest distance, for logs and tests
 
     def next_batch(self, device: torch.device) -> torch.Tensor:
-        for _ in range(2):
-            if self._it is None:
-                sampler = getattr(self.loader, "sampler", None)
-                if hasattr(sampler, "set_epoch"):
-                    sampler.set_epoch(self._passes)  # a new order each pass over the target
-                self._passes += 1
-                self._it = iter(self.loader)
-            try:
-                batch = next(self._it)
-                return (batch[0] if isinstance(batch, (list, tuple)) else batch).to(device)
-            except StopIteration:
-                self._it = None
-        raise HeadstartError("The target data gave no batch; it needs at least 2 items.")
+        batch = self._batches.next()
+        return (batch[0] if isinstance(batch, (list, tuple)) else batch).to(device)
 
     @property
     def scale(self) -> float:

@@ -28,11 +28,18 @@ NEEDS: dict[str, Need] = {
 
 
 class Method:
-    """Base class: subclasses set ``name``, ``Options`` (a frozen dataclass), ``needs`` and override the hooks."""
+    """Base class: subclasses set ``name``, ``Options`` (a frozen dataclass), ``needs`` and override the hooks.
+
+    ``continual``: the method continues a finished run (``--from RUN``): ``fit`` requires one and
+    hands the method the old task (:class:`OldTask`) through :meth:`continue_from`;
+    ``needs_old_data``: it also needs the old task's training items (``--old-data``, or the data
+    recorded by the old run)."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ()
+    continual: ClassVar[bool] = False
+    needs_old_data: ClassVar[bool] = False
 
     @dataclasses.dataclass(frozen=True)
     class Options:
@@ -48,6 +55,11 @@ class Method:
         if need not in self.needs:
             raise ValueError(f"method {self.name!r} does not need {need!r}")
         self.data[need] = dataset
+
+    def continue_from(self, old: "OldTask") -> None:
+        """Called by ``fit`` before training when the run continues ``old`` (``--from``); methods that are not
+        ``continual`` are not called."""
+        self.old = old
 
     def missing(self) -> list[str]:
         """The ``needs`` no data has been attached for."""
@@ -71,9 +83,55 @@ class Method:
         """Lightning callbacks added to the loop."""
         return []
 
+    def run_files(self) -> dict[str, Any]:
+        """``{file name: JSON-able content}`` the run folder keeps of this method (e.g. a replay memory's indices)."""
+        return {}
+
     def loop_hooks(self) -> dict[str, Any]:
         """What :func:`headstart.train.train_classifier` takes from this method, as its keyword arguments."""
         return {"criterion": self.criterion(), "extra_losses": self.loss_terms(), "callbacks": self.callbacks()}
+
+
+class OldTask(NamedTuple):
+    """What a continual method knows of the task learned before (``fit --from RUN``).
+
+    ``backbone``/``head``: frozen copies of the old run's model (eval mode); ``classes``: its classes,
+    which are the first ``len(classes)`` classes of the new, joint head; ``train``: the old task's
+    training items (a LabeledDataset, labels in ``classes`` order), or ``None`` when it is not given;
+    ``old_items``/``new_items``: the old and the new training items as torch datasets of
+    ``(input, label)`` with the evaluation transform (``old_items`` ``None`` without the old data);
+    ``seed``: the new run's seed."""
+
+    backbone: Any
+    head: Any
+    classes: list
+    train: Any
+    old_items: Any
+    new_items: Any
+    seed: int
+
+
+class Cycled:
+    """Endless batches from a DataLoader: a new order each pass (its sampler's ``set_epoch``), batches as the loader gives them."""
+
+    def __init__(self, loader: Any, what: str = "data") -> None:
+        self.loader, self.what = loader, what
+        self._it: Any = None
+        self._passes = 0
+
+    def next(self) -> Any:
+        for _ in range(2):
+            if self._it is None:
+                sampler = getattr(self.loader, "sampler", None)
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(self._passes)
+                self._passes += 1
+                self._it = iter(self.loader)
+            try:
+                return next(self._it)
+            except StopIteration:
+                self._it = None
+        raise HeadstartError(f"The {self.what} gave no batch; it needs at least 2 items.")
 
 
 def register_method(cls: type[Method]) -> type[Method]:
