@@ -73,8 +73,6 @@ class Continuation:
         if s.training.strategy not in CONTINUAL_STRATEGIES:
             raise HeadstartError(f"--from runs with --strategy {' | '.join(CONTINUAL_STRATEGIES)}; got {s.training.strategy!r} "
                                  "('auto' would fit a new head over every class and lose the old one). Fix: --strategy finetune.")
-        if method is not None and method.continual and s.training.strategy == "linear":
-            raise HeadstartError(f"Method {method.name!r} acts on the training loop; --strategy linear keeps the backbone frozen. Fix: --strategy finetune.")
         if old.modality != "image":
             raise HeadstartError(f"--from continues image runs; {run} is a {old.modality} run. Fix: continue it with a new text run instead.")
         return cls(run, old, settings, data)

@@ -194,9 +194,12 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         from .train.recipes import fit_in_loop
 
         probe = auto_choice.get("probe_score") if auto_choice is not None else None
-        if cont is not None:  # the old head grown by the new classes, judged on both tasks' validation items
-            head0 = cont.head(bb, splits, s, cw)
-            probe = (head0, _val_score(bb, head0, splits, s, cw))
+        if cont is not None:
+            # The old head grown by the new classes is where training starts, not a model to keep: it has not
+            # learned the new task with the backbone (an MLP's new rows are untrained), and on the joint
+            # validation items, mostly old ones, it won every comparison (benchmarks/continual.py, shapes,
+            # demo CNN: kept by all five methods at 0.0 new-task accuracy). --strategy linear is that model.
+            probe = (cont.head(bb, splits, s, cw), None)
         if target_test is not None and probe is None and bb.provenance.source != "random-init":
             # the probe fine-tuning starts from, fit here so that its target figures are the "before" of the run
             probe_head, _ = _fit_linear(bb, splits, s, cw, timings)
@@ -378,10 +381,10 @@ def _create_method(s: Settings):
         return None
     from .methods import NEEDS, create_method
 
-    if s.training.strategy == "linear":
-        raise HeadstartError(f"Method {s.method.name!r} trains through the loop, and strategy 'linear' fits a probe on frozen features "
-                             "without it. Fix: use --strategy finetune, progressive or auto.")
     method = create_method(s.method.name, s.method.options)
+    if s.training.strategy == "linear":  # a continual run cannot use auto (it would refit the old head): not offered
+        raise HeadstartError(f"Method {s.method.name!r} trains through the loop, and strategy 'linear' fits a probe on frozen features "
+                             f"without it. Fix: use --strategy finetune, progressive{'' if method.continual else ' or auto'}.")
     for need in method.needs:  # before any work: a missing input is named with its fix
         spec = NEEDS[need]
         if getattr(s.data, spec.setting) is None:

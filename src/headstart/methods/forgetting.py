@@ -213,7 +213,10 @@ class Rehearsal(_KeepOld):
 
     @dataclasses.dataclass(frozen=True)
     class Options:
-        memory: int = 20  # items per old class
+        # items per old class. benchmarks/continual.py, shapes with the demo CNN, seed 0: 20 -> 0.505 average
+        # accuracy over old + new test items, 50 -> 0.578, 100 -> 0.610; the time is the same (one memory batch
+        # per step). 50: most of the gain while the memory stays a small part of the old data (50 of 350 a class).
+        memory: int = 50
         sampling: str = "balanced"  # balanced | reservoir
         weight: float = 1.0
 

@@ -119,7 +119,8 @@ def fit_in_loop(
     ``settings``: a :class:`headstart.settings.Settings` (its head, training, hardware, backbone and
     output groups; ``strategy`` is given apart: ``auto`` passes what it chose). ``class_weights``:
     the per-class weights (``None``: unweighted). ``probe``: a ``(head, validation Score)`` already
-    fit on the frozen features (``auto``'s), used as the starting head instead of fitting it again.
+    fit on the frozen features (``auto``'s), used as the starting head instead of fitting it again
+    (and kept unless an epoch beats its Score; Score ``None``: a start only, e.g. a grown continual head).
     ``max_time``: seconds for the loop. ``method``: a :class:`headstart.methods.Method` whose
     training loss, loss terms and callbacks the loop uses. ``head_init``: ``"probe"`` (LP-FT) or
     ``"random"``.
@@ -188,7 +189,7 @@ def fit_in_loop(
     initial = None
     if head_init == "probe" and probe is not None:
         head_mod, initial = copy.deepcopy(probe[0]).train(), probe[1]
-        info["head_init"] = {"from": "linear probe (LP-FT), fit before the loop", "probe_val_acc": initial.acc, "probe_val_loss": initial.loss}
+        info["head_init"] = {"from": "linear probe (LP-FT), fit before the loop", **({"probe_val_acc": initial.acc, "probe_val_loss": initial.loss} if initial else {})}
     elif head_init == "probe":
         t = time.perf_counter()
         head_mod, score = _probe_head(bb, splits, train_ds if use_cache else None, val_ds if use_cache else None, k if use_cache else 0, kind=kind,
