@@ -266,8 +266,13 @@ def test_run_demo_small(tmp_path):
     assert all(0.0 < v <= 1.0 for v in res["cross_confidence"].values())
     for key in ("source", "transfer", "scratch", "imagenet"):
         assert (out / key / "model.json").is_file()
+    assert set(res["continual"]) == {"naive", "rehearsal"}
+    for c in res["continual"].values():
+        assert c["old_classes"] == ["circle", "square", "triangle"] and c["new_classes"] == ["star", "pentagon", "hexagon"]
+        assert c["forgetting"] == pytest.approx(c["old_before"] - c["old_after"])
+    assert (out / "six-rehearsal" / "memory.json").is_file()
     text = buf.getvalue()
-    assert "test accuracy" in text and "a cross (never seen)" in text
+    assert "test accuracy" in text and "a cross (never seen)" in text and "One CNN for all six shapes" in text
 
 
 @pytest.mark.slow
@@ -282,4 +287,5 @@ def test_demo_end_to_end(tmp_path):
     assert set(acc) == {"source", "transfer", "scratch", "imagenet"}, res.stdout
     assert acc["imagenet"] >= 0.95
     assert acc["transfer"] > acc["scratch"]
+    assert "One CNN for all six shapes" in res.stdout and "keeps more of them" in res.stdout
     assert "demo finished" in res.stdout

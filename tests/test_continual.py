@@ -121,6 +121,12 @@ def test_lineage_and_memory_round_trip_through_the_run_folder(old_run, tmp_path)
     assert memory["counts"] == {"red": 5, "green": 5} and len(memory["indices"]) == 10 and memory["sampling"] == "balanced"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["continual"]["old_classes"] == ["red", "green"] and "forgetting" in metrics["continual"]
+    report = (out / "report.md").read_text()
+    assert "## Old and new task" in report and "Forgetting (old before - after)" in report and "rehearsal" in report
+    from headstart.evaluate.compare import compare_row
+
+    row = compare_row(out, speed=False)
+    assert row["method"] == "rehearsal" and row["forgetting"] == pytest.approx(metrics["continual"]["forgetting"])
     x = NEW.items[:6]
     np.save(tmp_path / "x.npy", x)
     code = ("import sys, numpy as np, headstart; from headstart.data import from_arrays; m = headstart.load(sys.argv[1]); "

@@ -27,7 +27,7 @@ log = logging.getLogger("headstart")
 
 SPEED_BATCH = 32
 COLUMNS = ("run", "strategy", "backbone", "head", "split", "n", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "log_loss", "ece",
-           "train_s", "items_per_s", "speed_source", "model_mb")
+           "train_s", "items_per_s", "speed_source", "model_mb", "method", "old_after", "new_after", "forgetting")
 
 
 def inference_speed(run_dir: str | Path, batch: int = SPEED_BATCH) -> float:
@@ -59,6 +59,9 @@ def compare_row(run_dir: str | Path, *, speed: bool = True) -> dict[str, Any]:
     if rec.predictions is not None:
         m = classification_metrics(rec.predictions.y_true, rec.predictions.proba, rec.predictions.classes)
         row.update(split=rec.predictions.split, n=m["n"], **{k: m.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "log_loss", "ece")})
+    c = rec.metrics.get("continual")
+    if c:  # a continued run (fit --from): how much of the old task it kept
+        row.update(method=(info.get("parent") or {}).get("method"), **{k: c.get(k) for k in ("old_after", "new_after", "forgetting")})
     t = rec.metrics.get("timings_s") or {}
     if "total" in t:
         row["train_s"] = round(float(t["total"]) - float(t.get("predict", 0.0)), 3)

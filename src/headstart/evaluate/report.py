@@ -253,6 +253,24 @@ def _timings(doc: _Doc, rec: RunRecord) -> None:
     doc.table(["step", "seconds"], rows, numeric={1})
 
 
+def _continual(doc: _Doc, rec: RunRecord) -> None:
+    """A continued run (``fit --from``): the old task before and after, the new task, forgetting."""
+    c = rec.metrics["continual"]
+    parent = rec.meta.get("info", {}).get("parent") or {}
+    doc.h(2, "Old and new task", "continual")
+    doc.p(f"Continued from {c.get('parent')} ({', '.join(c.get('old_classes', []))}) with method {parent.get('method', 'naive')}; new classes: "
+          f"{', '.join(c.get('new_classes', []))}" + (f"; merged (same name): {', '.join(c['merged_classes'])}" if c.get("merged_classes") else "")
+          + ". Accuracy over all classes (class-incremental); 'within its task': the argmax among that task's classes only.", "sub")
+    if "old_before" not in c:
+        doc.p(c.get("note", "The old task was not scored."), "note")
+    rows = [["old task", c.get("old_test_n"), c.get("old_before"), c.get("old_after"), c.get("old_after_within_task")],
+            ["new task", c.get("new_test_n"), None, c.get("new_after"), c.get("new_after_within_task")]]
+    doc.table(["test items", "n", "before", "after", "after, within its task"], rows, numeric={1, 2, 3, 4})
+    if "forgetting" in c:
+        doc.p(f"Forgetting (old before - after): {_fmt(c['forgetting'])}; backward transfer: {_fmt(c['backward_transfer'])}; "
+              f"average accuracy over every test item: {_fmt(c.get('average_after'))}.")
+
+
 def build_report(run_dir: str | Path) -> tuple[str, str, list[str]]:
     """``(html, markdown, plot failures)`` of a run folder; draws the plots into ``plots/``."""
     from .plots import make_plots
@@ -282,6 +300,8 @@ def build_report(run_dir: str | Path) -> tuple[str, str, list[str]]:
         _metrics_tables(doc, m, split)
     if rec.metrics.get("target_test"):
         _target_domain(doc, rec)
+    if rec.metrics.get("continual"):
+        _continual(doc, rec)
     shown = [k for k in PLOT_TITLES if k in plots and k != "curve"]
     if shown or (rec.predictions is not None and rec.modality == "text"):
         doc.h(2, "Plots", "plots")
@@ -306,7 +326,7 @@ def build_report(run_dir: str | Path) -> tuple[str, str, list[str]]:
     if (root / "config.yaml").is_file():
         doc.h(2, "Settings", "settings")
         cfg_text = (root / "config.yaml").read_text(encoding="utf-8")
-        keys = ("data", "backbone", "strategy", "head", "epochs", "lr", "batch_size", "seed", "val", "test", "class_weights", "augment", "method", "method_opt", "target", "target_test")
+        keys = ("data", "backbone", "strategy", "head", "epochs", "lr", "batch_size", "seed", "val", "test", "class_weights", "augment", "method", "method_opt", "target", "target_test", "from_run", "old_data")
         doc.table(["setting", "value"], [[k, str(rec.setting(k))] for k in keys if rec.setting(k, "-") not in ("-", None, {})])
         doc.pre(cfg_text, "yaml", summary=f"config.yaml: every resolved setting, to repeat the run ({cfg_text.count(chr(10))} lines)")
     doc.p(f"Written by headstart from the run folder {root.resolve()}.", "note")
