@@ -146,10 +146,19 @@ def test_time_limit_is_respected(folder, tmp_path):
         headstart.fit(folder, backbone="tiny_cnn", time_limit=0, save=False)
 
 
-def test_auto_uses_the_time_limit_to_decide(tmp_path, source_run):
+@pytest.mark.parametrize("epoch_s, strategy", [(1e6, "linear"), (1e-3, "finetune")])
+def test_auto_uses_the_time_limit_to_decide(tmp_path, source_run, monkeypatch, epoch_s, strategy):
+    # The epoch cost is fixed here so the decision does not depend on how fast the CI machine is
+    # (with the measured cost, a tiny CNN fitted an epoch into 1 s on a fast machine and not on a slow one).
+    import headstart.train.budget as budget
+
+    monkeypatch.setattr(budget, "epoch_seconds", lambda *a, **k: epoch_s)
     data = write_folder(tmp_path / "data", {"circle": 60, "square": 60, "triangle": 60}, seed=1)  # enough per class to fine-tune
-    m = headstart.fit(data, backbone=f"run:{source_run}", strategy="auto", time_limit=1.0, save=False)
-    assert m.metrics["auto"]["strategy"] == "linear" and "time limit" in m.metrics["auto"]["reason"]
+    m = headstart.fit(data, backbone=f"run:{source_run}", strategy="auto", time_limit=600.0, epochs=3, save=False)
+    auto = m.metrics["auto"]
+    assert auto["strategy"] == strategy and "time limit" in auto["reason"] and auto["epoch_estimate_s"] == round(epoch_s, 1)
+    if strategy == "finetune":
+        assert auto["epochs"] == 3  # capped by epochs, not by the budget
 
 
 # --- the input size ----------------------------------------------------------------------------------
