@@ -174,3 +174,78 @@ def test_bad_continuations_are_named_with_the_fix(old_run, kwargs, match):
     kw = {**FAST, "from_run": old_run, "save": False, **kwargs}
     with pytest.raises(HeadstartError, match=match):
         headstart.fit(kw.pop("data", NEW), **kw)
+
+
+# --- task-incremental: one head per task (--heads separate) -------------------------------------------
+
+def test_task_cross_entropy_is_cross_entropy_over_each_items_task():
+    import torch
+    import torch.nn.functional as F
+
+    from headstart.train.module import task_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(6, 5, generator=g), torch.tensor([0, 1, 3, 4, 2, 3])
+    task = torch.tensor([0, 0, 0, 1, 1])  # classes 0-2 task 0, 3-4 task 1
+    masked = logits.masked_fill(task[None] != task[y][:, None], float("-inf"))
+    first, second = y < 3, y >= 3
+    for eps in (0.0, 0.1):
+        want = (F.cross_entropy(logits[first][:, :3], y[first], label_smoothing=eps, reduction="sum")
+                + F.cross_entropy(logits[second][:, 3:], y[second] - 3, label_smoothing=eps, reduction="sum")) / 6
+        assert float(task_cross_entropy(masked, y, label_smoothing=eps)) == pytest.approx(float(want), rel=1e-6)
+    w = torch.tensor([1.0, 2.0, 1.0, 3.0, 0.5])
+    want = (F.nll_loss(torch.log_softmax(logits[first][:, :3], 1), y[first], weight=w[:3], reduction="sum")
+            + F.nll_loss(torch.log_softmax(logits[second][:, 3:], 1), y[second] - 3, weight=w[3:], reduction="sum")) / w[y].sum()
+    assert float(task_cross_entropy(masked, y, weight=w)) == pytest.approx(float(want), rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def separate_run(old_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("separate") / "run"
+    model = headstart.fit(NEW, **FAST, from_run=old_run, old_data=OLD, method="naive", heads="separate", out=out)
+    return out, model
+
+
+def test_separate_heads_record_the_tasks_and_score_each_item_in_its_task(old_run, separate_run):
+    out, model = separate_run
+    assert [t["classes"] for t in model.tasks] == [["red", "green"], ["blue", "yellow"]] and [t["name"] for t in model.tasks] == ["task0", "task1"]
+    c = model.metrics["continual"]
+    assert c["heads"] == "separate" and c["old_after"] == c["old_after_within_task"] and c["new_after"] == c["new_after_within_task"]
+    joint = cont(old_run, "naive", old_data=OLD)  # the same run, one head over the four colours
+    # naive fine-tuning on blue/yellow alone pushes red/green items to the new classes; told the task, the old rows still separate them
+    assert c["old_after"] >= 0.6 and c["old_after"] >= joint.metrics["continual"]["old_after"] + 0.25
+    loaded = headstart.load(out)
+    assert loaded.tasks == model.tasks and yaml.safe_load((out / "config.yaml").read_text())["tasks"] == model.tasks
+    p_old, p_new = loaded.predict_proba(OLD, task="task0"), loaded.predict_proba(OLD, task=1)
+    assert np.all(p_old[:, 2:] == 0) and np.all(p_new[:, :2] == 0) and np.allclose(p_old.sum(1), 1) and np.allclose(p_new.sum(1), 1)
+    per_item = loaded.predict_proba(OLD, task=[0, 1] * (len(OLD) // 2))
+    np.testing.assert_allclose(per_item[::2], p_old[::2], atol=1e-6)
+    assert set(loaded.predict(NEW, task="task1")) <= {"blue", "yellow"}
+    assert loaded.evaluate(OLD)["accuracy"] == pytest.approx(float((p_old.argmax(1) == np.asarray(OLD.labels)).mean()))
+    assert "One head per task" in (out / "report.md").read_text()
+    with pytest.raises(HeadstartError, match=r"Unknown task 'task7'.*0 = task0 \(red, green\); 1 = task1 \(blue, yellow\)"):
+        loaded.predict(OLD, task="task7")
+    with pytest.raises(HeadstartError, match="one head over all of its classes.*Fix: drop --task"):
+        joint.predict(OLD, task=0)
+
+
+def test_predict_task_on_the_command_line(separate_run, tmp_path, cli):
+    from PIL import Image
+
+    out, _ = separate_run
+    Image.fromarray(OLD.items[0]).save(tmp_path / "red.png")
+    r = cli("predict", out, tmp_path / "red.png", "--task", "task0", "--json", "--top-k", "4")
+    assert r.returncode == 0, r.stdout + r.stderr
+    row = json.loads(r.stdout.strip().splitlines()[-1])
+    assert row["prediction"] in ("red", "green") and {t["class"] for t in row["top"] if t["probability"] > 0} <= {"red", "green"}
+    r = cli("predict", out, tmp_path / "red.png", "--task", "nine")
+    assert r.returncode != 0 and "Unknown task 'nine'" in r.stdout + r.stderr
+
+
+def test_separate_heads_bad_inputs(old_run):
+    with pytest.raises(HeadstartError, match="--heads separate gives each task of a continued run its own head.*Fix: add --from RUN"):
+        headstart.fit(NEW, **FAST, heads="separate", save=False)
+    with pytest.raises(HeadstartError, match=r"class\(es\) \['green'\] of the new data are classes of the --from run's task.*--heads joint"):
+        headstart.fit(colours(["green", "blue"], seed=2), **{**FAST, "epochs": 1}, from_run=old_run, heads="separate", save=False)
+    with pytest.raises(HeadstartError, match="'heads' parameter must be one of"):
+        headstart.fit(NEW, **FAST, from_run=old_run, heads="many", save=False)

@@ -162,13 +162,20 @@ def predict(
     text_file: Optional[Path] = typer.Option(None, "--file", help="A UTF-8 file of texts to classify, one per line (text runs)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
     top_k: int = typer.Option(1, help="Show the k most likely classes."),
+    task: Optional[str] = typer.Option(None, "--task", help="A run continued with --heads separate: the task (name or number, "
+                                       "see model.json 'tasks') whose classes the inputs are scored over."),
 ) -> None:
     """Classify images or texts with a saved run: class and probability per input."""
     from .model import load, prediction_inputs
 
     model = load(run)
+    if task is not None:
+        model.task_index(task)  # an unknown task, or a model with one head: said before any work
+    elif model.tasks is not None:
+        logging.getLogger("headstart").warning("this run has one head per task (%s) and no --task was given: scoring over every class, which its training "
+                    "never compared across tasks; pass --task NAME", ", ".join(t["name"] for t in model.tasks))
     names, inputs = prediction_inputs(model.modality, files=files or [], texts=text or [], text_file=text_file)
-    proba = model.predict_proba(inputs)
+    proba = model.predict_proba(inputs, task=task)
     k = max(1, min(top_k, len(model.classes)))
     key = "text" if model.modality == "text" else "file"
     for f, row in zip(names, proba):

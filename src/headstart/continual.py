@@ -49,6 +49,8 @@ class Continuation:
     old_splits: Splits | None = None
     n_new_test: int = 0
     before: dict | None = None  # the old run's metrics on the old test split
+    heads: str = "joint"  # joint (class-incremental) | separate (task-incremental)
+    new_source: str | None = None
 
     @property
     def old_classes(self) -> list[str]:
@@ -75,7 +77,7 @@ class Continuation:
                                  "('auto' would fit a new head over every class and lose the old one). Fix: --strategy finetune.")
         if old.modality != "image":
             raise HeadstartError(f"--from continues image runs; {run} is a {old.modality} run. Fix: continue it with a new text run instead.")
-        return cls(run, old, settings, data)
+        return cls(run, old, settings, data, heads=s.data.heads)
 
     # ------------------------------------------------------------------ data
     def join(self, splits: Splits, s: Any) -> Splits:
@@ -89,10 +91,14 @@ class Continuation:
         if not new:
             raise DataError(f"The new data's classes {splits.classes} are all classes the --from run knows already; there is nothing new "
                             "to learn. Fix: give data of new classes (fine-tune the old run with --backbone run:RUN to improve it instead).")
+        if self.merged and self.heads == "separate":
+            raise DataError(f"--heads separate gives each task its own classes, and class(es) {self.merged} of the new data are classes of "
+                            "the --from run's task too. Fix: rename those class folders, or use --heads joint (one head: the classes merge).")
         if self.merged:
             log.warning("class(es) %s of the new data have the names of classes of the --from run: they are treated as the same class "
                         "(its old head row trains on) and merged; rename the folders if they mean something else", self.merged)
         self.classes = old_classes + new
+        self.new_source = splits.train.source
         joint = [_reindex(ds, self.classes) for ds in (splits.train, splits.val, splits.test)]
         self.old_splits = self._load_old(s)
         self.n_new_test = len(joint[2]) if joint[2] is not None else 0
@@ -177,7 +183,7 @@ class Continuation:
     def measures(self, y: np.ndarray, proba: np.ndarray | None) -> dict[str, Any]:
         """``metrics["continual"]`` from the labels and probabilities of the joint test split (new items first)."""
         k_old = len(self.old_classes)
-        out: dict[str, Any] = {"parent": str(self.run_dir), "old_classes": self.old_classes, "new_classes": self.classes[k_old:],
+        out: dict[str, Any] = {"parent": str(self.run_dir), "heads": self.heads, "old_classes": self.old_classes, "new_classes": self.classes[k_old:],
                                "merged_classes": self.merged}
         if proba is None:
             return out
@@ -195,9 +201,28 @@ class Continuation:
             out["note"] = "the old task's data was not given (--old-data): old-task accuracy and forgetting are not measured"
         return out
 
+    def tasks(self) -> list[dict] | None:
+        """Task-incremental (``--heads separate``): the old run's tasks (itself one task, unless it was
+        task-incremental too), then the new data's classes as one more task; ``None`` with one joint head."""
+        if self.heads != "separate":
+            return None
+        old = self.old.tasks or [{"name": "task0", "classes": self.old_classes, "source": self.old.info.get("trained_on")}]
+        return [*old, {"name": f"task{len(old)}", "classes": self.classes[len(self.old_classes):], "source": self.new_source}]
+
+    def task_of_class(self) -> list[int] | None:
+        """Each joint class's task index (the loop's ``task_of_class``), or ``None`` with one joint head."""
+        tasks = self.tasks()
+        return None if tasks is None else [next(i for i, t in enumerate(tasks) if c in t["classes"]) for c in self.classes]
+
+    def record(self, config: dict, info: dict, method: Any) -> None:
+        """The lineage into ``config`` (``parent``) and the model's ``info`` (``parent``; ``tasks`` when task-incremental)."""
+        config["parent"] = info["parent"] = self.lineage(method)
+        if self.tasks() is not None:
+            config["tasks"] = info["tasks"] = self.tasks()
+
     def lineage(self, method: Any) -> dict[str, Any]:
         meta = self.old.describe()
-        return {"run": str(self.run_dir), "weights_sha256": _weights_hash(self.run_dir), "classes": self.old_classes,
+        return {"heads": self.heads, "run": str(self.run_dir), "weights_sha256": _weights_hash(self.run_dir), "classes": self.old_classes,
                 "backbone": meta["backbone"]["spec"]["name"], "method": method.name if method is not None else "naive",
                 "old_data": None if self.old_splits is None else self.old_splits.train.source}
 

@@ -210,6 +210,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         head_mod, history, loop_info = fit_in_loop(
             bb, splits, s.replace(epochs=epochs, augment=augment), strategy=trained, class_weights=cw, timings=timings, run_dir=run_dir,
             resume=_resuming(run_dir), max_time=budget.left(_reserve_seconds(splits, timings, budget)), probe=probe, method=method,
+            task_of_class=cont.task_of_class() if cont is not None else None,
         )
     elif cont is not None:
         head_mod, history = cont.head(bb, splits, s, cw).eval(), []
@@ -236,7 +237,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
     }
     model.info = {"strategy": tr.strategy, "head": head_mod.config()["kind"], "backbone": backbone, "trained_on": splits.train.source}
     if cont is not None:
-        config["parent"] = model.info["parent"] = cont.lineage(method)
+        cont.record(config, model.info, method)  # parent (lineage); tasks with --heads separate
     metrics: dict[str, Any] = {"strategy": trained, **({"auto": auto_choice} if auto_choice else {}), "classes": classes, "counts": splits.summary(), "problems": [str(p) for ds in (splits.train, splits.val, splits.test) if ds is not None for p in ds.problems]}
     if ranking is not None:  # why this backbone; the report renders metrics["backbone_ranking"]
         config["backbone_selection"] = {"requested": "auto", "candidates": [r.backbone for r in ranking.rows], "score": ranking.score_name}
@@ -244,7 +245,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
     eval_ds = _eval_split(splits)
     if eval_ds is not None and len(eval_ds):
         t = time.perf_counter()
-        proba = model.predict_proba(eval_ds, batch_size=tr.batch_size, runtime=b.runtime, cache=b.cache and (trained == "linear" or loop_info.get("best_epoch") == -1))  # an unchanged backbone: its cached features
+        proba = model.predict_proba(eval_ds, task=model.task_of_labels(eval_ds.labels), batch_size=tr.batch_size, runtime=b.runtime, cache=b.cache and (trained == "linear" or loop_info.get("best_epoch") == -1))  # an unchanged backbone: its cached features
         timings["predict"] = time.perf_counter() - t
         split_name = "test" if eval_ds is splits.test else "val"
         metrics[split_name] = classification_metrics(eval_ds.labels, proba, classes)

@@ -19,7 +19,7 @@ from . import __version__
 from ._io import atomic_path, sha256_file, write_json
 from .backbones import Backbone, Provenance, create_backbone, preprocessing_from_dict
 from .data import LabeledDataset, Splits
-from .errors import DataError, RunFolderError
+from .errors import DataError, HeadstartError, RunFolderError
 
 FORMAT = "headstart-model"
 FORMAT_VERSION = 1
@@ -108,26 +108,71 @@ class Model:
         ds = as_dataset(inputs, modality=self.modality)
         return extract_features(self.backbone, ds, batch_size=batch_size, runtime=runtime, cache=cache, progress=progress)
 
-    def proba_from_features(self, feats: np.ndarray) -> np.ndarray:
+    def proba_from_features(self, feats: np.ndarray, *, task: Any = None) -> np.ndarray:
+        """Softmax of the head's logits; with ``task`` (see :meth:`predict_proba`) over that task's classes only."""
         self.head.eval()
         with torch.inference_mode():
             logits = self.head(torch.as_tensor(feats, dtype=torch.float32))
+            if task is not None:
+                logits = logits.masked_fill(~torch.as_tensor(self.task_mask(task, len(logits))), float("-inf"))
             return torch.softmax(logits, dim=1).numpy()
 
-    def predict_proba(self, inputs: Any, **kw: Any) -> np.ndarray:
-        """Class probabilities, shape ``(n, num_classes)``, columns in the order of ``classes``."""
-        return self.proba_from_features(self.features(inputs, **kw))
+    # --- tasks (task-incremental runs: fit --from RUN --heads separate) ----------------------------
+    @property
+    def tasks(self) -> list[dict] | None:
+        """``[{"name", "classes"}, ...]``, one per task in the order learned, for a run continued with
+        ``--heads separate`` (one head per task); ``None`` for a model with one head over every class."""
+        return self.info.get("tasks") or None
 
-    def predict(self, inputs: Any, **kw: Any) -> list[str]:
+    def task_index(self, task: Any) -> int:
+        """The index of ``task``: its name, or its position (0 = the first task learned)."""
+        tasks = self.tasks
+        if tasks is None:
+            raise HeadstartError("This model has one head over all of its classes; a task is chosen only for runs continued with "
+                                 "--heads separate (task-incremental). Fix: drop --task.")
+        names = [str(t["name"]) for t in tasks]
+        if str(task) in names:
+            return names.index(str(task))
+        if str(task).strip().lstrip("-").isdigit() and 0 <= int(task) < len(tasks):
+            return int(task)
+        known = "; ".join(f"{i} = {n} ({', '.join(t['classes'])})" for i, (n, t) in enumerate(zip(names, tasks)))
+        raise HeadstartError(f"Unknown task {task!r}. This model's tasks: {known}. Fix: --task with one of these names or numbers.")
+
+    def task_mask(self, task: Any, n: int) -> np.ndarray:
+        """``(n, K)`` booleans: the classes each of ``n`` inputs is scored over; ``task`` is one task for all,
+        or a sequence of one task per input."""
+        if isinstance(task, (str, int, np.integer)):
+            task = [task] * n
+        if len(task) != n:
+            raise HeadstartError(f"Got {len(task)} tasks for {n} inputs. Fix: give one task for all inputs, or one per input.")
+        idx = [self.task_index(t) for t in task]
+        rows = {i: np.isin(self.classes, self.tasks[i]["classes"]) for i in set(idx)}
+        return np.stack([rows[i] for i in idx]) if n else np.zeros((0, len(self.classes)), bool)
+
+    def task_of_labels(self, labels: np.ndarray) -> list[int] | None:
+        """Each labeled item's task (the task of its class): task-incremental evaluation is told the task,
+        as its protocol has it; ``None`` for a model with one head."""
+        if self.tasks is None:
+            return None
+        of = {c: i for i, t in enumerate(self.tasks) for c in t["classes"]}
+        return [of[self.classes[int(y)]] for y in labels]
+
+    def predict_proba(self, inputs: Any, *, task: Any = None, **kw: Any) -> np.ndarray:
+        """Class probabilities, shape ``(n, num_classes)``, columns in the order of ``classes``. ``task``
+        (task-incremental runs, :attr:`tasks`): a task's name or number, or one per input; the
+        probabilities are then over that task's classes (0 elsewhere)."""
+        return self.proba_from_features(self.features(inputs, **kw), task=task)
+
+    def predict(self, inputs: Any, *, task: Any = None, **kw: Any) -> list[str]:
         """Predicted class names."""
-        return [self.classes[i] for i in self.predict_proba(inputs, **kw).argmax(1)]
+        return [self.classes[i] for i in self.predict_proba(inputs, task=task, **kw).argmax(1)]
 
     def evaluate(self, data: Any, **kw: Any) -> dict[str, Any]:
         """Metrics on labeled data (a dataset, splits' test set, or anything ``load_splits`` reads)."""
         from .evaluate.metrics import classification_metrics
 
         ds = _labeled(data, self.classes)
-        proba = self.predict_proba(ds, **kw)
+        proba = self.predict_proba(ds, task=self.task_of_labels(ds.labels), **kw)  # task-incremental: each item's own task
         return classification_metrics(ds.labels, proba, self.classes)
 
     # --- persistence -----------------------------------------------------------------------

@@ -96,6 +96,10 @@ class DataSettings:
     old_data: str | None = opt(
         None, "With --from: the old task's data (default: the data the --from run recorded in its config.yaml), split as that run "
         "split it; scores the old task, and feeds the methods that use it (rehearsal; ewc's Fisher).")
+    heads: str = opt(
+        "joint", "With --from: joint (class-incremental: one head over the old and new classes, predicts without being told the "
+        "task) | separate (task-incremental: one head per task, each item scored over its own task's classes; predict --task "
+        "names the task; model.json 'tasks' records which classes each task has).")
     image_size: int | str = opt(
         "auto", "Input size in pixels, or auto: the backbone's size, but small images are not blown up (4x their native side "
         "for the linear probe, 2x when training the backbone, at least 64 px: 28-px digits -> 112 or 64).")
@@ -106,6 +110,10 @@ class DataSettings:
         for name in ("target", "target_test", "from_run", "old_data"):
             if isinstance(getattr(self, name), os.PathLike):
                 object.__setattr__(self, name, os.fspath(getattr(self, name)))
+        _choice("heads", self.heads, ("joint", "separate"))
+        if self.heads == "separate" and self.from_run is None:
+            raise HeadstartError("--heads separate gives each task of a continued run its own head, and this run continues none. "
+                                 "Fix: add --from RUN (the old task's run folder), or drop --heads.")
         if self.image_size != "auto":
             try:
                 size = int(self.image_size)

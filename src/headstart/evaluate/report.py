@@ -260,7 +260,9 @@ def _continual(doc: _Doc, rec: RunRecord) -> None:
     doc.h(2, "Old and new task", "continual")
     doc.p(f"Continued from {c.get('parent')} ({', '.join(c.get('old_classes', []))}) with method {parent.get('method', 'naive')}; new classes: "
           f"{', '.join(c.get('new_classes', []))}" + (f"; merged (same name): {', '.join(c['merged_classes'])}" if c.get("merged_classes") else "")
-          + ". Accuracy over all classes (class-incremental); 'within its task': the argmax among that task's classes only.", "sub")
+          + (". One head per task (--heads separate, task-incremental): each test item is scored over its own task's classes, as "
+             "predict --task scores it." if c.get("heads") == "separate" else
+             ". Accuracy over all classes (class-incremental); 'within its task': the argmax among that task's classes only."), "sub")
     if "old_before" not in c:
         doc.p(c.get("note", "The old task was not scored."), "note")
     rows = [["old task", c.get("old_test_n"), c.get("old_before"), c.get("old_after"), c.get("old_after_within_task")],
@@ -326,7 +328,7 @@ def build_report(run_dir: str | Path) -> tuple[str, str, list[str]]:
     if (root / "config.yaml").is_file():
         doc.h(2, "Settings", "settings")
         cfg_text = (root / "config.yaml").read_text(encoding="utf-8")
-        keys = ("data", "backbone", "strategy", "head", "epochs", "lr", "batch_size", "seed", "val", "test", "class_weights", "augment", "method", "method_opt", "target", "target_test", "from_run", "old_data")
+        keys = ("data", "backbone", "strategy", "head", "epochs", "lr", "batch_size", "seed", "val", "test", "class_weights", "augment", "method", "method_opt", "target", "target_test", "from_run", "old_data", "heads")
         doc.table(["setting", "value"], [[k, str(rec.setting(k))] for k in keys if rec.setting(k, "-") not in ("-", None, {})])
         doc.pre(cfg_text, "yaml", summary=f"config.yaml: every resolved setting, to repeat the run ({cfg_text.count(chr(10))} lines)")
     doc.p(f"Written by headstart from the run folder {root.resolve()}.", "note")

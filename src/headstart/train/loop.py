@@ -295,6 +295,7 @@ class LoopConfig:
     seed: int = 0
     max_time: float | None = None
     keep: str = "best"
+    task_of_class: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         if self.keep not in KEEP_RULES:
@@ -377,6 +378,8 @@ def train_classifier(
     that also picks the best epoch. ``keep="latest"`` (domain adaptation) keeps the latest weights
     whose validation accuracy is within one standard error of the best seen (:func:`~.selection.keeps_latest`).
     ``criterion``: a method's training loss in place of cross-entropy (validation keeps cross-entropy).
+    ``task_of_class``: the task of each class (task-incremental learning, ``fit --from RUN --heads
+    separate``): losses and accuracies over each item's own task's classes only.
     ``extra_losses``/``callbacks``: loss terms and Lightning callbacks of the methods built on
     this loop. ``staged``: a :class:`~.cache.StagedActivations` that gives each stage loaders over
     the activations at its own frozen boundary (``train_loader``/``val_loader`` are then ignored).
@@ -411,7 +414,7 @@ def train_classifier(
         backbone, head, lr=c.lr, backbone_lr=c.backbone_lr, weight_decay=c.weight_decay,
         class_weights=c.class_weights, label_smoothing=c.label_smoothing, extra_losses=extra_losses, criterion=criterion,
         group_lrs=[stages[0].group_lrs[i] for i in range(n_groups)] if len(stages[0].group_lrs) == n_groups else None,
-        schedule=c.schedule, train_bn=c.train_bn, bn_stats_frozen=c.bn_stats_frozen, start_group=c.start_group,
+        schedule=c.schedule, train_bn=c.train_bn, bn_stats_frozen=c.bn_stats_frozen, start_group=c.start_group, task_of_class=c.task_of_class,
     )
     staging = StageCallback(stages, patience=c.patience, stop_on_plateau=c.stop_on_plateau)
     if staged is not None:

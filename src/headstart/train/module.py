@@ -84,6 +84,7 @@ class ClassifierModule(L.LightningModule):
         bn_stats_frozen: bool = False,
         start_group: int = 0,
         criterion: Callable[["ClassifierModule", torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        task_of_class: Sequence[int] | None = None,
     ):
         super().__init__()
         if lr <= 0 or (backbone_lr is not None and backbone_lr < 0):
@@ -109,6 +110,8 @@ class ClassifierModule(L.LightningModule):
         self.loss_modules = nn.ModuleList([t for t in self.extra_losses if isinstance(t, nn.Module)])
         cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32).reshape(-1)
         self.register_buffer("class_weights", cw, persistent=False)
+        tasks = None if task_of_class is None else torch.as_tensor(task_of_class, dtype=torch.long).reshape(-1)
+        self.register_buffer("task_of_class", tasks, persistent=False)
         self.epoch_metrics: dict[str, float] = {}
         self._sums: dict[str, torch.Tensor] = {}
 
@@ -130,9 +133,20 @@ class ClassifierModule(L.LightningModule):
         return self.head(self.features(x))
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, *, smoothing: float | None = None) -> torch.Tensor:
-        """Class-weighted cross-entropy (weighted mean), with ``label_smoothing`` unless ``smoothing`` is given."""
+        """Class-weighted cross-entropy (weighted mean), with ``label_smoothing`` unless ``smoothing`` is given;
+        task-incremental (``task_of_class``): over each item's own task's classes."""
         eps = self.label_smoothing if smoothing is None else smoothing
-        return F.cross_entropy(logits, y, weight=self.class_weights, label_smoothing=eps)
+        if self.task_of_class is None:
+            return F.cross_entropy(logits, y, weight=self.class_weights, label_smoothing=eps)
+        return task_cross_entropy(self.task_logits(logits, y), y, weight=self.class_weights, label_smoothing=eps)
+
+    def task_logits(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``logits`` with each item's classes outside its own task (the task of its label) at -inf; unchanged
+        without ``task_of_class`` (class-incremental: one head over every class)."""
+        if self.task_of_class is None:
+            return logits
+        t = self.task_of_class
+        return logits.masked_fill(t[None, :] != t[y][:, None], float("-inf"))
 
     # ------------------------------------------------------------------ train mode and frozen BN
     def train(self, mode: bool = True) -> "ClassifierModule":
@@ -176,7 +190,7 @@ class ClassifierModule(L.LightningModule):
     # ------------------------------------------------------------------ steps
     def _accumulate(self, stage: str, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         n = y.numel()
-        s = torch.stack([loss.detach().float() * n, (logits.detach().argmax(1) == y).sum().float(), torch.tensor(float(n), device=y.device)])
+        s = torch.stack([loss.detach().float() * n, (self.task_logits(logits.detach(), y).argmax(1) == y).sum().float(), torch.tensor(float(n), device=y.device)])
         self._sums[stage] = s if stage not in self._sums else self._sums[stage] + s
 
     def _reset(self, stage: str) -> None:
@@ -197,7 +211,7 @@ class ClassifierModule(L.LightningModule):
         x, y = batch[0], batch[1]
         feats = self.features(x)
         logits = self.head(feats)
-        ce = self.loss(logits, y) if self.criterion is None else self.criterion(self, logits, y)
+        ce = self.loss(logits, y) if self.criterion is None else self.criterion(self, self.task_logits(logits, y), y)
         loss = ce
         if self.extra_losses:
             outputs = {"features": feats, "logits": logits, "ce": ce}
@@ -259,3 +273,18 @@ class ClassifierModule(L.LightningModule):
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
         sched = StageLR(opt, total_steps=total, kind=self.schedule, warmup_fraction=self.warmup_fraction)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def task_cross_entropy(logits: torch.Tensor, y: torch.Tensor, *, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of logits where classes outside each item's task are -inf: the smoothing mass is spread
+    over the item's own task's classes only (``F.cross_entropy`` would spread it over -inf logits too:
+    an infinite loss); the class-weighted mean as ``F.cross_entropy`` takes it (weights of the targets)."""
+    logp = torch.log_softmax(logits, 1)
+    allowed = torch.isfinite(logits)
+    nll = -logp.gather(1, y[:, None])[:, 0]
+    per = nll
+    if label_smoothing:
+        smooth = -logp.masked_fill(~allowed, 0.0).sum(1) / allowed.sum(1)
+        per = (1.0 - label_smoothing) * nll + label_smoothing * smooth
+    w = weight[y] if weight is not None else torch.ones_like(per)
+    return (w * per).sum() / w.sum()

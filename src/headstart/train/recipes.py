@@ -112,7 +112,7 @@ def choose_auto(n_train_per_class: int, probe_val_acc: float | None, n_groups: i
 def fit_in_loop(
     bb: Any, splits: Any, settings: Any, *, strategy: str, class_weights: Any, timings: dict[str, float],
     run_dir: Path | None = None, resume: bool = False, max_time: float | None = None, probe: tuple[Any, Score] | None = None,
-    method: Any = None, head_init: str = "probe",
+    method: Any = None, head_init: str = "probe", task_of_class: Any = None,
 ) -> tuple[Any, list[dict], dict[str, Any]]:
     """Train ``bb`` + a new head on ``splits`` with the plan of ``strategy``; return ``(head, history, info)``.
 
@@ -123,7 +123,7 @@ def fit_in_loop(
     (and kept unless an epoch beats its Score; Score ``None``: a start only, e.g. a grown continual head).
     ``max_time``: seconds for the loop. ``method``: a :class:`headstart.methods.Method` whose
     training loss, loss terms and callbacks the loop uses. ``head_init``: ``"probe"`` (LP-FT) or
-    ``"random"``.
+    ``"random"``. ``task_of_class``: each class's task (task-incremental continual runs, ``--heads separate``).
     """
     tr, hd, hw, bk, out = settings.training, settings.head, settings.hardware, settings.backbone, settings.output
     seed, batch_size, epochs, patience = tr.seed, tr.batch_size, tr.epochs, tr.patience
@@ -225,7 +225,7 @@ def fit_in_loop(
         log_dir=run_dir / "logs" if run_dir is not None else None, logger=out.logger,
         checkpoint_dir=run_dir / "checkpoints" if run_dir is not None else None, resume=resume,
         accelerator=hw.accelerator, devices=hw.devices, dist=hw.dist, precision=hw.precision, max_time=max_time, staged=staged,
-        **(method.loop_hooks() if method is not None else {}),
+        task_of_class=task_of_class, **(method.loop_hooks() if method is not None else {}),
     )
     timings["train"] = time.perf_counter() - t
     if staged is not None:
