@@ -155,6 +155,33 @@ def _print_fit_summary(model) -> None:
 
 
 @app.command()
+def distill(
+    teacher: Path = typer.Argument(..., help="The teacher: a finished run folder (any backbone)."),
+    data: str = typer.Argument(..., help="Labeled data of the teacher's classes (what 'headstart fit' reads): the student's training data."),
+    student: str = typer.Option(..., "--student", help="The student's backbone (see 'headstart backbones'): e.g. scratch_cnn, efficientnet_lite0, run:FOLDER."),
+    temperature: float = typer.Option(4.0, help="Softens both networks' outputs in the soft loss (Hinton et al. 2015)."),
+    alpha: float = typer.Option(0.7, help="Weight of the soft loss; 1 - alpha weighs the labels' cross-entropy (0: labels alone)."),
+    unlabeled: Optional[str] = typer.Option(None, "--unlabeled", help="Unlabeled images added to the transfer set (the teacher's outputs are their only signal)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default: fit's)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: fit's for the student's backbone)."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="The student's input size (default auto, as fit)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default 0)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where the run folder goes (default: fit's)."),
+) -> None:
+    """Train a student network on a finished run's softened outputs (knowledge distillation): fit --method distill."""
+    from .fitting import fit as fit_fn
+
+    given = {"epochs": epochs, "lr": lr, "image_size": image_size, "seed": seed, "out": str(out) if out is not None else None}
+    model = fit_fn(data, backbone=student, strategy="finetune", method="distill", unlabeled=unlabeled, progress=True,
+                   method_opt={"teacher": str(teacher), "temperature": temperature, "alpha": alpha}, **{k: v for k, v in given.items() if v is not None})
+    _print_fit_summary(model)
+    d = model.metrics.get("distill", {})
+    if "student_accuracy" in d:
+        print(f"teacher {d['teacher_accuracy']:.4f} -> student {d['student_accuracy']:.4f} accuracy (agreement {d['agreement']:.3f}); "
+              f"{d['teacher_parameters'] / max(d['student_parameters'], 1):.1f}x fewer parameters, {d['speedup']:.1f}x the teacher's images/s")
+
+
+@app.command()
 def predict(
     run: Path = typer.Argument(..., help="A run folder written by 'headstart fit'."),
     files: Optional[List[str]] = typer.Argument(None, help="Images to classify; for a text run, '-' reads texts from stdin (one per line)."),

@@ -115,7 +115,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
     # what config.yaml records to rerun (--config) or resume the run: the data (None in memory: a run
     # folder cannot rebuild it; resume from Python) and every setting as given
     rerun = {"data": str(data) if isinstance(data, (str, Path)) else None, "settings": s.to_dict()}
-    for key in ("target", "target_test", "old_data"):  # data given in memory (Python): recorded as None, like the data
+    for key in ("target", "target_test", "unlabeled", "old_data"):  # data given in memory (Python): recorded as None, like the data
         if not isinstance(rerun["settings"]["data"][key], (str, type(None))):
             rerun["settings"]["data"][key] = None
     import torch
@@ -251,6 +251,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         metrics[split_name] = classification_metrics(eval_ds.labels, proba, classes)
         if cont is not None:
             metrics["continual"] = cont.measures(eval_ds.labels, proba)
+        metrics.update(method.run_metrics(model, eval_ds, proba, s) if method is not None else {})  # e.g. distill: teacher vs student
     else:
         proba, split_name = None, None
     if target_test is not None:
@@ -412,10 +413,10 @@ def _check_unused_inputs(s: Settings, method) -> None:
     """A data input that no method of the run reads is a mistake to report, not to ignore."""
     from .methods import NEEDS, list_methods, method_class
 
-    used = {NEEDS[n].setting for n in (method.needs if method is not None else ())}
+    used = {NEEDS[n].setting for n in ((*method.needs, *method.optional_needs) if method is not None else ())}
     for need, spec in NEEDS.items():
         if getattr(s.data, spec.setting) is not None and spec.setting not in used:
-            users = [name for name in list_methods() if need in method_class(name).needs]
+            users = [name for name in list_methods() if need in (*method_class(name).needs, *method_class(name).optional_needs)]
             raise HeadstartError(f"{spec.flag} is read by method(s) {', '.join(users)}, and this run has "
                                  f"{'method ' + repr(s.method.name) if s.method.name else 'no method'}. "
                                  f"Fix: add --method {users[0]} (or drop {spec.flag}).")
@@ -426,12 +427,12 @@ def _load_inputs(method, s: Settings, splits) -> None:
     from .data import align_classes, load_domain
     from .methods import NEEDS
 
-    if method is None or not method.needs:
+    if method is None or not method.inputs(s.data):
         return
     if splits.train.modality != "image":
-        raise HeadstartError(f"Method {method.name!r} adapts an image backbone's features; this data holds texts. "
+        raise HeadstartError(f"Method {method.name!r} trains an image backbone on extra image data; this data holds texts. "
                              "Fix: run it on image data, or drop --method.")
-    for need in method.needs:
+    for need in method.inputs(s.data):
         spec = NEEDS[need]
         role = spec.flag.lstrip("-").replace("-", " ") + " data"
         ds = load_domain(getattr(s.data, spec.setting), role=role, seed=s.training.seed, strict=s.data.strict, modality=splits.train.modality)

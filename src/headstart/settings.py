@@ -89,6 +89,9 @@ class DataSettings:
     target_test: str | None = opt(
         None, "Labeled target-domain data to evaluate on (classes among the training data's): metrics.json 'target_test', with the "
         "probe's figures before fine-tuning; any run.")
+    unlabeled: str | None = opt(
+        None, "Unlabeled images for knowledge distillation (--method distill, headstart distill): they join the transfer set, where "
+        "the teacher's softened outputs are the only signal; any data source headstart reads, labels unused.")
     from_run: str | None = opt(
         None, "Continue from this finished run (a run folder): its backbone and head, which grows by the new data's classes; "
         "old-task accuracy before and after, forgetting and backward transfer in metrics.json 'continual'. See --keep-old.",
@@ -107,7 +110,7 @@ class DataSettings:
     def __post_init__(self) -> None:
         _fraction("val", self.val)
         _fraction("test", self.test)
-        for name in ("target", "target_test", "from_run", "old_data"):
+        for name in ("target", "target_test", "unlabeled", "from_run", "old_data"):
             if isinstance(getattr(self, name), os.PathLike):
                 object.__setattr__(self, name, os.fspath(getattr(self, name)))
         _choice("heads", self.heads, ("joint", "separate"))

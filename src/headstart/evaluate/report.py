@@ -273,6 +273,21 @@ def _continual(doc: _Doc, rec: RunRecord) -> None:
               f"average accuracy over every test item: {_fmt(c.get('average_after'))}.")
 
 
+def _distill(doc: _Doc, rec: RunRecord) -> None:
+    """A distilled run (``--method distill``): teacher vs student on the evaluated split."""
+    d = rec.metrics["distill"]
+    doc.h(2, "Teacher and student", "distill")
+    doc.p(f"Distilled from {d.get('teacher')} (temperature {d.get('temperature')}, soft weight alpha {d.get('alpha')}; transfer set "
+          f"{d.get('transfer_set', {}).get('train')} training + {d.get('transfer_set', {}).get('unlabeled')} unlabeled items; the teacher's "
+          f"logits were computed once, in {_fmt(d.get('teacher_logits_seconds'), 1)} s). Images/s: prediction on this machine, uncached.", "sub")
+    rows = [[who, d.get(f"{who}_accuracy"), d.get(f"{who}_parameters"), d.get(f"{who}_megabytes"), d.get(f"{who}_input_px"), d.get(f"{who}_images_per_s")]
+            for who in ("teacher", "student")]
+    doc.table(["model", "accuracy", "parameters", "weights (MB)", "input px", "images/s"], rows, numeric={1, 2, 3, 4, 5})
+    if "agreement" in d:
+        doc.p(f"The student agrees with the teacher on {_fmt(d['agreement'])} of {d.get('n')} items and predicts {_fmt(d.get('speedup'), 2)}x "
+              "as many images per second.")
+
+
 def build_report(run_dir: str | Path) -> tuple[str, str, list[str]]:
     """``(html, markdown, plot failures)`` of a run folder; draws the plots into ``plots/``."""
     from .plots import make_plots
@@ -304,6 +319,8 @@ def build_report(run_dir: str | Path) -> tuple[str, str, list[str]]:
         _target_domain(doc, rec)
     if rec.metrics.get("continual"):
         _continual(doc, rec)
+    if "distill" in rec.metrics:
+        _distill(doc, rec)
     shown = [k for k in PLOT_TITLES if k in plots and k != "curve"]
     if shown or (rec.predictions is not None and rec.modality == "text"):
         doc.h(2, "Plots", "plots")
@@ -328,7 +345,7 @@ def build_report(run_dir: str | Path) -> tuple[str, str, list[str]]:
     if (root / "config.yaml").is_file():
         doc.h(2, "Settings", "settings")
         cfg_text = (root / "config.yaml").read_text(encoding="utf-8")
-        keys = ("data", "backbone", "strategy", "head", "epochs", "lr", "batch_size", "seed", "val", "test", "class_weights", "augment", "method", "method_opt", "target", "target_test", "from_run", "old_data", "heads")
+        keys = ("data", "backbone", "strategy", "head", "epochs", "lr", "batch_size", "seed", "val", "test", "class_weights", "augment", "method", "method_opt", "target", "target_test", "unlabeled", "from_run", "old_data", "heads")
         doc.table(["setting", "value"], [[k, str(rec.setting(k))] for k in keys if rec.setting(k, "-") not in ("-", None, {})])
         doc.pre(cfg_text, "yaml", summary=f"config.yaml: every resolved setting, to repeat the run ({cfg_text.count(chr(10))} lines)")
     doc.p(f"Written by headstart from the run folder {root.resolve()}.", "note")

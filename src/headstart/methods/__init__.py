@@ -21,6 +21,6 @@ Example::
 """
 
 from .base import NEEDS, Method, Need, OldTask, create_method, list_methods, method_class, parse_options, register_method
-from . import adapt, focal, forgetting  # noqa: F401  (register "dan", "coral", "dann"; "focal"; "naive", "ewc", "lwf", "rehearsal", "l2sp")
+from . import adapt, distill, focal, forgetting  # noqa: F401  (register "dan", "coral", "dann"; "distill"; "focal"; "naive", "ewc", "lwf", "rehearsal", "l2sp")
 
 __all__ = ["NEEDS", "Need", "Method", "OldTask", "create_method", "list_methods", "method_class", "parse_options", "register_method"]

@@ -24,6 +24,8 @@ class Need(NamedTuple):
 NEEDS: dict[str, Need] = {
     "target_unlabeled": Need("target", "--target", "unlabeled target-domain data (a folder of images with or without class "
                              "folders, or any data source headstart reads; labels are not used)"),
+    "unlabeled": Need("unlabeled", "--unlabeled", "unlabeled images for the transfer set (a folder of images with or without class "
+                      "folders, or any data source headstart reads; labels are not used)"),
 }
 
 
@@ -33,11 +35,15 @@ class Method:
     ``continual``: the method continues a finished run (``--from RUN``): ``fit`` requires one and
     hands the method the old task (:class:`OldTask`) through :meth:`continue_from`;
     ``needs_old_data``: it also needs the old task's training items (``--old-data``, or the data
-    recorded by the old run)."""
+    recorded by the old run). ``optional_needs``: inputs used when given (``--unlabeled``);
+    ``indexed``: :meth:`items` wraps the training datasets so batches end with the items' indices
+    (per-item targets computed once, e.g. a teacher's logits)."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ()
+    optional_needs: ClassVar[tuple[str, ...]] = ()  # loaded and attached when given; no error when not
+    indexed: ClassVar[bool] = False  # the loop's batches carry each item's index last (see items)
     continual: ClassVar[bool] = False
     needs_old_data: ClassVar[bool] = False
 
@@ -52,9 +58,24 @@ class Method:
 
     def attach(self, need: str, dataset: Any) -> None:
         """Give the method the data of one of its ``needs`` (``fit`` does, after checking it)."""
-        if need not in self.needs:
+        if need not in (*self.needs, *self.optional_needs):
             raise ValueError(f"method {self.name!r} does not need {need!r}")
         self.data[need] = dataset
+
+    def inputs(self, data_settings: Any) -> tuple[str, ...]:
+        """The needs ``fit`` loads: every required one, and the optional ones whose setting is given."""
+        return (*self.needs, *(n for n in self.optional_needs if getattr(data_settings, NEEDS[n].setting) is not None))
+
+    def begin(self, splits: Any, settings: Any) -> None:
+        """Called by the training recipe before its datasets are built, with the run's splits and settings."""
+
+    def items(self, name: str, dataset: Any) -> Any:
+        """The torch dataset the loop trains on for ``name`` (``"train"``, or a need): ``dataset`` unless overridden."""
+        return dataset
+
+    def run_metrics(self, model: Any, eval_ds: Any, proba: Any, settings: Any) -> dict[str, Any]:
+        """Entries ``fit`` adds to ``metrics.json`` after evaluating ``model`` on ``eval_ds`` (``proba``: its predictions)."""
+        return {}
 
     def continue_from(self, old: "OldTask") -> None:
         """Called by ``fit`` before training when the run continues ``old`` (``--from``); methods that are not

@@ -167,7 +167,10 @@ def fit_in_loop(
     staged = None
     eval_tf = bb.preprocessing.transform()
     domains = method.data if method is not None else {}  # a method's extra data (a target domain) runs through the backbone too
-    if activation_cache and aug.is_identity and has_val and not domains and len(bounds) > 1 and all(b == 0 or can_split(bb, b) for b in bounds):
+    if method is not None:
+        method.begin(splits, settings)
+    per_item = method is not None and method.indexed  # batches carry item indices: the stage caches' own loaders do not
+    if activation_cache and aug.is_identity and has_val and not domains and not per_item and len(bounds) > 1 and all(b == 0 or can_split(bb, b) for b in bounds):
         staged = StagedActivations(bb, TorchDataset(splits.train, eval_tf), TorchDataset(splits.val, eval_tf), batch_size=batch_size,
                                    make_loader=make_loader, seed=seed, disk_dir=run_dir / "activations" if run_dir is not None else None, num_groups=G)
         use_cache = False
@@ -205,14 +208,14 @@ def fit_in_loop(
         info.update({"steps": 0, "best_epoch": -1, "kept": "the head fit on frozen features (no backbone stage in the plan)"})
         bb.eval()
         return head_mod.eval(), [], info
-    train_loader = make_loader(train_ds, batch_size, shuffle=True, seed=seed, num_workers=num_workers)
+    train_loader = make_loader(method.items("train", train_ds) if method is not None else train_ds, batch_size, shuffle=True, seed=seed, num_workers=num_workers)
     if domains:
         def domain_ds(ds: Any) -> Any:  # as the training batches: cached activations at the same boundary, or the training transform
             if use_cache:
                 return cache_activations(bb, k, TorchDataset(ds, eval_tf), batch_size=batch_size, num_groups=G)
             return TorchDataset(ds, aug.transform(bb.preprocessing))
 
-        method.prepare({need: make_loader(domain_ds(ds), batch_size, shuffle=True, seed=seed + 1, num_workers=num_workers) for need, ds in domains.items()},
+        method.prepare({need: make_loader(method.items(need, domain_ds(ds)), batch_size, shuffle=True, seed=seed + 1, num_workers=num_workers) for need, ds in domains.items()},
                        num_features=bb.num_features, num_classes=len(splits.classes))
         info["method_data"] = {need: len(ds) for need, ds in domains.items()}
     val_loader = make_loader(val_ds, batch_size, shuffle=False, num_workers=num_workers) if val_ds is not None else None
