@@ -585,7 +585,7 @@ def _fit_linear(bb, splits, s: Settings, cw, timings: dict[str, float]):
              if splits.val is not None and len(splits.val) else None)
     timings["features"] = time.perf_counter() - t
     t = time.perf_counter()
-    kind = "linear" if h.kind == "logreg" else "mlp"
+    kind = "linear" if h.kind == "logreg" else h.kind
     head_mod, history = fit_head(
         kind, x_tr, splits.train.labels, x_val, splits.val.labels if x_val is not None else None,
         num_classes=len(splits.classes), seed=tr.seed, class_weight=cw,

@@ -27,7 +27,9 @@ from typing import Any, Iterator, Mapping
 from .errors import HeadstartError
 
 STRATEGIES = ("linear", "finetune", "progressive", "auto")
-HEADS = ("logreg", "mlp")
+HEADS = ("logreg", "mlp", "bagging", "boosting", "stacking")
+#: Heads fit by scikit-learn on cached features (headstart.heads.ensembles): --strategy linear only.
+FEATURE_ONLY_HEADS = ("bagging", "boosting", "stacking")
 
 
 def opt(default: Any, help: str, **extra: Any) -> Any:
@@ -149,7 +151,8 @@ class BackboneSettings:
 class HeadSettings:
     """The new classifier on top of the backbone."""
 
-    kind: str = opt("logreg", "logreg | mlp", flat="head")
+    kind: str = opt("logreg", "logreg | mlp | bagging | boosting | stacking (the last three: scikit-learn ensembles on cached features, "
+                    "--strategy linear; saved as parameters, never pickled)", flat="head")
     hidden: int = opt(256, "Hidden units of the mlp head.")
     dropout: float = opt(0.3, "Dropout of the mlp head.")
     class_weights: str | None = opt(None, "'balanced' to weight classes by inverse frequency.")
@@ -328,6 +331,11 @@ class Settings:
     method: MethodSettings = field(default_factory=MethodSettings)
     hardware: HardwareSettings = field(default_factory=HardwareSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
+
+    def __post_init__(self) -> None:
+        if self.head.kind in FEATURE_ONLY_HEADS and self.training.strategy != "linear":
+            raise HeadstartError(f"The {self.head.kind!r} head is fit by scikit-learn on cached features and cannot train through the "
+                                 f"backbone (--strategy {self.training.strategy}). Fix: --strategy linear, or --head logreg|mlp to fine-tune.")
 
     @classmethod
     def from_flat(cls, base: Settings | None = None, **values: Any) -> Settings:

@@ -103,7 +103,7 @@ def register_fitter(kind: str, fit: HeadFitter) -> None:
 
 
 def _ensure_builtins() -> None:
-    from . import linear, mlp  # noqa: F401  (their decorators fill the registry)
+    from . import ensembles, linear, mlp  # noqa: F401  (their decorators fill the registry)
 
 
 def resolve_kind(kind: str) -> str:
