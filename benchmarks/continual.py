@@ -24,11 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rows import Rows, add_arguments, merged  # noqa: E402
 
 OLD_SHAPES, NEW_SHAPES = ("circle", "square", "triangle"), ("star", "pentagon", "hexagon")
 
@@ -71,18 +75,17 @@ def main() -> None:
     ap.add_argument("--methods", default="naive,ewc,lwf,rehearsal,l2sp")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--options", default="{}", help="JSON of extra fit options for every continuation, e.g. '{\"method_opt\": {\"lam\": 100}}'")
-    ap.add_argument("--json", default=None, help="also write the rows here")
-    ap.add_argument("--merge", default=None, help="comma-separated JSON files of rows (from --json): print their table, run nothing")
+    add_arguments(ap)
     args = ap.parse_args()
-    if args.merge:
-        table([r for f in args.merge.split(",") for r in json.loads(Path(f).read_text())], f"merged from {args.merge}")
+    if merged(args) is not None:
+        table(merged(args), f"merged from {args.merge}")
         return
 
     import yaml
 
     import headstart
 
-    rows = []
+    rows = Rows(args.json)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sequences.split(","):
             data, old_kw, new_kw = SEQUENCES[name]
@@ -102,11 +105,8 @@ def main() -> None:
                            "new_after": c["new_after"], "forgetting": c["forgetting"], "average": c["average_after"],
                            "old_within": c["old_after_within_task"], "new_within": c["new_after_within_task"],
                            "kept": training.get("best_epoch"), "seconds": time.perf_counter() - t0, "old_seconds": old_seconds}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+                    rows.add(row)
     table(rows, f"seeds {args.seeds}, options {args.options}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 def table(rows: list[dict], title: str) -> None:

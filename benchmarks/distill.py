@@ -34,6 +34,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from rows import Rows, add_arguments, merged  # noqa: E402
+
 from strategies import mnist5k  # noqa: E402  (the same MNIST 5k splits as the strategies benchmark)
 
 SHAPES = ("circle", "square", "triangle", "star", "pentagon", "hexagon")
@@ -62,11 +64,10 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--small-px", type=int, default=32)
     ap.add_argument("--options", default="{}", help="JSON of distill options, e.g. '{\"temperature\": 2, \"alpha\": 0.5}'")
-    ap.add_argument("--json", default=None, help="also write the rows here")
-    ap.add_argument("--merge", default=None, help="comma-separated JSON files of rows (from --json): print their table, run nothing")
+    add_arguments(ap)
     args = ap.parse_args()
-    if args.merge:
-        table([r for f in args.merge.split(",") for r in json.loads(Path(f).read_text())], f"merged from {args.merge}")
+    if merged(args) is not None:
+        table(merged(args), f"merged from {args.merge}")
         return
 
     import yaml
@@ -76,7 +77,7 @@ def main() -> None:
     def kept(run: str) -> int | None:  # the epoch whose weights the run kept (-1: the probe it started from)
         return (yaml.safe_load((Path(run) / "config.yaml").read_text()).get("training") or {}).get("best_epoch")
 
-    rows = []
+    rows = Rows(args.json)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets.split(","):
             for seed in map(int, args.seeds.split(",")):
@@ -102,11 +103,8 @@ def main() -> None:
                            "teacher_mb": d["teacher_megabytes"], "student_mb": d["student_megabytes"],
                            "kept": [kept(f"{tmp}/{name}-{seed}/{s}") for s in ("teacher", f"{student}-labels", f"{student}-distilled")],
                            "teacher_seconds": teacher_seconds, "label_only_seconds": plain_seconds, "distill_seconds": time.perf_counter() - t0}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+                    rows.add(row)
     table(rows, f"seeds {args.seeds}, distill options {args.options}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 def table(rows: list[dict], title: str) -> None:

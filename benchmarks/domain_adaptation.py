@@ -33,6 +33,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from rows import Rows, add_arguments, merged  # noqa: E402
 from strategies import mnist5k  # noqa: E402  (the same MNIST 5k splits as the strategies benchmark)
 
 
@@ -113,18 +114,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--options", default="{}", help="JSON of extra fit options for every run")
-    ap.add_argument("--json", default=None, help="also write the rows here")
-    ap.add_argument("--merge", default=None, help="comma-separated JSON files of rows (from --json): print their table, run nothing")
+    add_arguments(ap)
     args = ap.parse_args()
 
-    if args.merge:
-        rows = [r for f in args.merge.split(",") for r in json.loads(Path(f).read_text())]
-        table(rows, f"{args.backbone}, finetune {args.epochs} epochs, merged from {args.merge}")
+    if merged(args) is not None:
+        table(merged(args), f"{args.backbone}, finetune {args.epochs} epochs, merged from {args.merge}")
         return
 
     import headstart
 
-    rows = []
+    rows = Rows(args.json)
     for pair in args.pairs.split(","):
         for seed in map(int, args.seeds.split(",")):
             source, target, target_test = PAIRS[pair](seed)
@@ -139,11 +138,8 @@ def main() -> None:
                 row = {"pair": pair, "seed": seed, "method": method, "target_acc": m["target_test"]["accuracy"],
                        "target_acc_probe": (m.get("target_test_before") or {}).get("accuracy"), "source_acc": m["test"]["accuracy"],
                        "seconds": time.perf_counter() - t0}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                rows.add(row)
     table(rows, f"{args.backbone}, finetune {args.epochs} epochs, seeds {args.seeds}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 def table(rows: list[dict], title: str) -> None:
