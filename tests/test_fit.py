@@ -216,7 +216,7 @@ def test_missing_run_folder(tmp_path):
     "kwargs,message",
     [
         ({"strategy": "fine-tune"}, "The 'strategy' parameter must be one of {'linear', 'finetune', 'progressive', 'auto'}; got 'fine-tune'."),
-        ({"head": "svm"}, "The 'head' parameter must be one of {'logreg', 'mlp'}; got 'svm'."),
+        ({"head": "svm"}, "The 'head' parameter must be one of {'logreg', 'mlp', 'bagging', 'boosting', 'stacking'}; got 'svm'."),
         ({"val": 1.5}, "The 'val' parameter must be a fraction in [0, 1); got 1.5."),
         ({"test": -0.1}, "The 'test' parameter must be a fraction in [0, 1); got -0.1."),
         ({"epochs": 0}, "The 'epochs' parameter must be at least 1; got 0."),

@@ -18,6 +18,7 @@ ALLOWED = {
     ("headstart.heads.mlp", "train"): "the MLP head's fitter runs the one training loop; the training recipes build heads",
     ("headstart.backbones.run_backbone", "model"): "a run:<folder> backbone is read by model's run-folder reader, kept next to its writer",
     ("headstart.evaluate.compare", "model"): "'headstart compare' times each run's forward pass, which needs the model loaded",
+    ("headstart.methods.distill", "model"): "distillation's teacher is a finished run, read by model's run-folder reader",
 }
 
 
@@ -107,7 +108,7 @@ def test_imported_modules_exist():  # a module moved without updating an import 
 def test_checker_reports_upward_imports():
     source = "from ..errors import DataError\n\ndef f():\n    from ..fitting import fit\n    import headstart.cli\n    from headstart import load\n    from .. import model\n"
     assert upward_imports("headstart.data.fake", source) == [
-        ("headstart.data.fake", "fitting", 4), ("headstart.data.fake", "cli", 5), ("headstart.data.fake", "model", 6), ("headstart.data.fake", "model", 7),
+        ("headstart.data.fake", "fitting", 4), ("headstart.data.fake", "cli", 5), ("headstart.data.fake", "ensemble", 6), ("headstart.data.fake", "model", 7),
     ]
     assert upward_imports("headstart.heads.fake", "from ..features import extract_features\n") == [("headstart.heads.fake", "features", 1)]  # a sibling
     assert upward_imports("headstart.cli", "from .fitting import fit\nfrom . import __version__\n") == []

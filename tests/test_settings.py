@@ -17,11 +17,12 @@ from headstart.settings import Settings, flat_name, setting_fields
 # A value other than the default for every setting, as Python gives it and as the command line spells it.
 # A new setting fails test_every_setting_has_a_non_default_case until it is added here.
 # Settings that only mean something with another one: method options need a method.
-CONTEXT = {"method_opt": {"method": "focal"}}
+CONTEXT = {"method_opt": {"method": "focal"}, "heads": {"from_run": "runs/old"}}
 NON_DEFAULT = {
     "val": (0.2, ["--val", "0.2"]), "test": (0.1, ["--test", "0.1"]), "strict": (True, ["--strict"]),
     "target": ("target/", ["--target", "target/"]), "target_test": ("target_test/", ["--target-test", "target_test/"]),
     "from_run": ("runs/old", ["--from", "runs/old"]), "old_data": ("old/", ["--old-data", "old/"]),
+    "heads": ("separate", ["--heads", "separate", "--from", "runs/old"]), "unlabeled": ("more/", ["--unlabeled", "more/"]),
     "text_col": ("body", ["--text-col", "body"]), "label_col": ("y", ["--label-col", "y"]), "image_size": (96, ["--image-size", "96"]),
     "backbone": ("tiny_cnn", ["-b", "tiny_cnn"]), "candidates": ("tiny_cnn,scratch_cnn", ["--candidates", "tiny_cnn,scratch_cnn"]),
     "weights": ("w.safetensors", ["--weights", "w.safetensors"]), "runtime": ("torch", ["--runtime", "torch"]), "cache": (False, ["--no-cache"]),
@@ -107,7 +108,7 @@ def test_flags_override_the_config_file(tmp_path, captured):
     ({"lr": -1}, "The 'lr' parameter must be a positive number; got -1."),
     ({"runtime": "tensorrt"}, "The 'runtime' parameter must be one of {'auto', 'openvino', 'onnx', 'torch'}; got 'tensorrt'."),
     ({"lr_decay": 1.5}, "The 'lr_decay' parameter must be in (0, 1]; got 1.5."),
-    ({"method": "fokal"}, "Unknown method 'fokal'; the methods are 'coral', 'dan', 'dann', 'ewc', 'focal', 'l2sp', 'lwf', 'naive', 'rehearsal'. Did you mean 'focal'?"),
+    ({"method": "fokal"}, "Unknown method 'fokal'; the methods are 'coral', 'dan', 'dann', 'distill', 'ewc', 'focal', 'l2sp', 'lwf', 'naive', 'rehearsal'. Did you mean 'focal'?"),
     ({"method": "focal", "method_opt": ["gama=2"]}, "Method 'focal' has no option(s) 'gama'; its options are 'gamma', 'alpha'."),
     ({"method": "focal", "method_opt": ["gamma"]}, "A method option must be KEY=VALUE (e.g. gamma=2); got 'gamma'."),
     ({"method": "focal", "method_opt": ["gamma=strong"]}, "Method 'focal' option 'gamma' must be float; got 'strong'."),

@@ -15,7 +15,7 @@ too). Bottom to top, as :data:`LAYERS` lists them (``|`` joins the units of one 
 import each other)::
 
     errors | _io | _util -> data | methods -> settings -> backbones -> heads | features -> train -> evaluate | run_folder
-    -> model -> select | gap | continual -> fitting -> experiments | demo -> cli
+    -> model -> select | gap | continual | ensemble -> fitting -> experiments | demo -> cli
 
 - ``errors``, ``_io``, ``_util``: exceptions; atomic writes and file hashes; CPU cores and the
   weights hash that backbones and features share. They import nothing of headstart.
@@ -31,18 +31,22 @@ import each other)::
 - ``select``: transferability scores (it loads a previous run's head, through ``model``, to score
   a ``run:`` backbone); ``gap``: how far apart two domains are on a backbone's features
   (``headstart gap``), with the adaptation losses' own distances (``methods.divergence``);
-  ``continual``: continuing a finished run on new classes (``fit --from RUN``), through ``model``.
+  ``continual``: continuing a finished run on new classes (``fit --from RUN``), through ``model``;
+  ``ensemble``: several runs as one model (``headstart ensemble``), and ``headstart.load``, which
+  opens a run folder or an ensemble folder.
 - ``fitting``: ``fit``. ``experiments``: what calls ``fit`` many times (``headstart curve``);
   ``demo``. ``cli``: thin commands over all of these.
 
-Three upward imports remain, each inside one function and allowed by name in the test:
+Four upward imports remain, each inside one function and allowed by name in the test:
 
 - ``heads.mlp`` -> ``train``: the MLP head's fitter runs the one training loop, and the training
   recipes build heads (the loop itself, ``train.loop``, imports no head);
 - ``backbones.run_backbone`` -> ``model``: the ``run:<folder>`` backbone reads a run folder with
   ``model``'s reader, which stays next to its writer (``Model.save``);
 - ``evaluate.compare`` -> ``model``: ``headstart compare`` times each run's forward pass, which
-  needs the model loaded, while ``model`` uses ``evaluate.metrics`` for ``Model.evaluate``.
+  needs the model loaded, while ``model`` uses ``evaluate.metrics`` for ``Model.evaluate``;
+- ``methods.distill`` -> ``model``: distillation's teacher is a finished run, read (once, before
+  the loop) by ``model``'s run-folder reader.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("train",),
     ("evaluate", "run_folder"),
     ("model",),
-    ("select", "gap", "continual"),
+    ("select", "gap", "continual", "ensemble"),
     ("fitting",),
     ("experiments", "demo"),
     ("cli",),
@@ -69,7 +73,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 
 _EXPORTS = {
     "fit": "headstart.fitting",
-    "load": "headstart.model",
+    "load": "headstart.ensemble",
     "Model": "headstart.model",
     "create_backbone": "headstart.backbones",
     "list_backbones": "headstart.backbones",

@@ -213,7 +213,8 @@ def predict(
                                        "see model.json 'tasks') whose classes the inputs are scored over."),
 ) -> None:
     """Classify images or texts with a saved run: class and probability per input."""
-    from .model import load, prediction_inputs
+    from .ensemble import load
+    from .model import prediction_inputs
 
     model = load(run)
     if task is not None:
@@ -240,7 +241,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix of a saved run on labeled data."""
-    from .model import load
+    from .ensemble import load
 
     model = load(run)
     m = model.evaluate(data)

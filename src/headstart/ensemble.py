@@ -148,6 +148,14 @@ def load_ensemble(run_dir: str | Path) -> Ensemble:
     return ens
 
 
+def load(run_dir: str | Path) -> Any:
+    """``headstart.load``: a run folder as a :class:`~headstart.model.Model`, an ensemble folder as an :class:`Ensemble`
+    (both give ``predict``, ``predict_proba`` and ``evaluate``)."""
+    from .model import load as load_model
+
+    return load_ensemble(run_dir) if is_ensemble(run_dir) else load_model(run_dir)
+
+
 def _recorded_hash(run: Any) -> str | None:
     import json
 

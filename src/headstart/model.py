@@ -294,14 +294,11 @@ def load_backbone_from_run(run_dir: str | Path, *, pretrained: bool = True) -> B
 
 
 def load(run_dir: str | Path) -> Model:
-    """Load a saved run as a :class:`Model` (fresh process, no pickles); an ensemble folder as an
-    :class:`~headstart.ensemble.Ensemble`."""
-    from .ensemble import is_ensemble, load_ensemble
+    """Load a saved run as a :class:`Model` (fresh process, no pickles); ``headstart.load`` also takes
+    ensemble folders (:func:`headstart.ensemble.load`)."""
     from .heads import create_head
 
     run_dir = Path(run_dir)
-    if is_ensemble(run_dir):
-        return load_ensemble(run_dir)
     meta, tensors = _read_run(run_dir)
     bb = _build_backbone(meta, tensors, run_dir)
     head = create_head(**meta["head"])
