@@ -52,9 +52,9 @@ DATASETS = {"shapes": (shapes, 64), "mnist5k": (mnist5k, 56)}
 TEACHER = dict(backbone="efficientnet_lite0", strategy="finetune", epochs=4)
 
 
-def students(px: int, small_px: int) -> dict[str, dict]:
-    return {"scratch_cnn": dict(backbone="scratch_cnn", strategy="finetune", epochs=20, lr=3e-3, image_size=px),
-            "lite0-small": dict(backbone="efficientnet_lite0", strategy="finetune", epochs=4, image_size=small_px)}
+def students(px: int, small_px: int, epochs: int | None = None) -> dict[str, dict]:
+    return {"scratch_cnn": dict(backbone="scratch_cnn", strategy="finetune", epochs=epochs or 20, lr=3e-3, image_size=px),
+            "lite0-small": dict(backbone="efficientnet_lite0", strategy="finetune", epochs=epochs or 4, image_size=small_px)}
 
 
 def main() -> None:
@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--students", default="scratch_cnn,lite0-small")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--small-px", type=int, default=32)
+    ap.add_argument("--student-epochs", type=int, default=None, help="epochs of both student runs (default: 20 for scratch_cnn, 4 for lite0-small)")
+    ap.add_argument("--teacher-px", type=int, default=None, help="the teacher's input size (default: the dataset's, as scratch_cnn's)")
     ap.add_argument("--options", default="{}", help="JSON of distill options, e.g. '{\"temperature\": 2, \"alpha\": 0.5}'")
     add_arguments(ap)
     args = ap.parse_args()
@@ -85,10 +87,10 @@ def main() -> None:
                 splits = load(seed)
                 t0 = time.perf_counter()
                 teacher = f"{tmp}/{name}-{seed}/teacher"
-                headstart.fit(splits, seed=seed, out=teacher, image_size=px, **TEACHER)
+                headstart.fit(splits, seed=seed, out=teacher, image_size=args.teacher_px or px, **TEACHER)
                 teacher_seconds = time.perf_counter() - t0
                 for student in args.students.split(","):
-                    kw = students(px, args.small_px)[student]
+                    kw = students(px, args.small_px, args.student_epochs)[student]
                     t0 = time.perf_counter()
                     plain = headstart.fit(splits, seed=seed, out=f"{tmp}/{name}-{seed}/{student}-labels", **kw)
                     plain_seconds = time.perf_counter() - t0
