@@ -23,7 +23,7 @@ NON_DEFAULT = {
     "target": ("target/", ["--target", "target/"]), "target_test": ("target_test/", ["--target-test", "target_test/"]),
     "from_run": ("runs/old", ["--from", "runs/old"]), "old_data": ("old/", ["--old-data", "old/"]),
     "heads": ("separate", ["--heads", "separate", "--from", "runs/old"]), "unlabeled": ("more/", ["--unlabeled", "more/"]),
-    "text_col": ("body", ["--text-col", "body"]), "label_col": ("y", ["--label-col", "y"]), "image_size": (96, ["--image-size", "96"]),
+    "text_col": ("body", ["--text-col", "body"]), "label_col": ("y", ["--label-col", "y"]), "classes": ("a,b", ["--classes", "a,b"]), "image_size": (96, ["--image-size", "96"]),
     "backbone": ("tiny_cnn", ["-b", "tiny_cnn"]), "candidates": ("tiny_cnn,scratch_cnn", ["--candidates", "tiny_cnn,scratch_cnn"]),
     "weights": ("w.safetensors", ["--weights", "w.safetensors"]), "runtime": ("torch", ["--runtime", "torch"]), "cache": (False, ["--no-cache"]),
     "head": ("mlp", ["--head", "mlp"]), "hidden": (64, ["--hidden", "64"]), "dropout": (0.1, ["--dropout", "0.1"]),

@@ -118,7 +118,7 @@ class Continuation:
         ps = self.settings.data
         try:
             old = load_splits(source, val=ps.val, test=ps.test, seed=self.settings.training.seed, strict=s.data.strict,
-                              text_col=ps.text_col, label_col=ps.label_col)
+                              text_col=ps.text_col, label_col=ps.label_col, classes=ps.classes if s.data.old_data is None else None)
         except (OSError, DataError) as e:
             raise DataError(f"Cannot read the old task's data {source!r} ({e}). Fix: pass --old-data with the data the --from run was trained on.") from None
         unknown = [c for c in old.classes if c not in self.old_classes]

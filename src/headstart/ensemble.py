@@ -221,7 +221,8 @@ def _member_splits(runs: Sequence[str | Path], data: Any) -> Any:
     splits, first = None, None
     for r in runs:
         s = read_config(Path(r) / "config.yaml")[1] if (Path(r) / "config.yaml").is_file() else None
-        kw = dict(val=s.data.val, test=s.data.test, seed=s.training.seed, text_col=s.data.text_col, label_col=s.data.label_col) if s else {}
+        kw = dict(val=s.data.val, test=s.data.test, seed=s.training.seed, text_col=s.data.text_col, label_col=s.data.label_col,
+                  classes=s.data.classes if str(data).lower().endswith(".npz") else None) if s else {}
         sp = load_splits(data, **kw)
         names = [_fingerprint(ds) for ds in (sp.train, sp.test)]
         if first is None:

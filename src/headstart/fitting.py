@@ -131,7 +131,8 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
     backbone, ranking = resolve_backbone(data, backbone, b.candidates, weights=b.weights, val=d.val, test=d.test, seed=tr.seed, strict=d.strict, text_col=d.text_col, label_col=d.label_col, batch_size=tr.batch_size, runtime=b.runtime, cache=b.cache, progress=o.progress)
 
     t0 = time.perf_counter()
-    splits = load_splits(data, val=d.val, test=d.test, seed=tr.seed, strict=d.strict, text_col=d.text_col, label_col=d.label_col)
+    splits = load_splits(data, val=d.val, test=d.test, seed=tr.seed, strict=d.strict, text_col=d.text_col, label_col=d.label_col,
+                         classes=d.classes)
     if cont is not None:  # the joint classes (old first); the old task's validation and test items join the new ones
         splits = cont.join(splits, s)
     bb = ranking.best_backbone if ranking is not None else create_backbone(backbone, weights=b.weights)  # the instance scored (random-init too)

@@ -85,6 +85,8 @@ class DataSettings:
     strict: bool = opt(False, "Fail on the first unreadable image (or bad text row) instead of skipping it.")
     text_col: str | None = opt(None, "Text column of a CSV/TSV/JSONL table (default: text, sentence, review, ...).")
     label_col: str | None = opt(None, "Label column of a table (default: label, class, target, ...).")
+    classes: str | None = opt(None, "Comma-separated class names for the integer labels 0, 1, ... of a .npz file (default: a "
+                              "'classes' array in the file, else the label values).")
     target: str | None = opt(
         None, "Target-domain data for domain adaptation (--method dan|coral|dann): a folder of images with or without class folders, "
         "or any data source headstart reads; its labels, if any, are not used.")

@@ -1,10 +1,15 @@
-"""In-memory image arrays (numpy, or a ``.npz`` file) as a labeled dataset.
+"""In-memory image arrays (numpy, or a ``.npz`` file) as a labeled dataset, or as its splits.
 
 Images may be ``(N, H, W)``, ``(N, H, W, 1|3)`` or ``(N, 1|3, H, W)``, uint8, bool, other integers
 or floats; they are normalised to uint8 ``(N, H, W, 3)``. Value range: uint8 as is; otherwise
 ``value_range=(lo, hi)`` if given (e.g. ``(0, 16)`` for ``sklearn.datasets.load_digits``), else
 inferred: ``[0, 1]`` if the maximum is at most 1, ``[0, 65535]`` for uint16, else ``[0, 255]``.
 Labels are class indices (ints) or class names (strings; classes then sorted by name).
+
+A ``.npz`` file may also hold its own splits (:func:`load_npz_splits`), in MedMNIST's layout
+(``train_images``/``train_labels``, ``val_...``, ``test_...``) or Keras' (``x_train``/``y_train``,
+``x_test``/``y_test``, optionally ``x_val``/``y_val``); labels of shape ``(N, 1)``, as MedMNIST
+saves them, are flattened.
 """
 
 from __future__ import annotations
@@ -17,10 +22,16 @@ import numpy as np
 
 from ..errors import DataError
 from .checks import check_file, validate_dataset
-from .dataset import LabeledDataset
+from .dataset import LabeledDataset, Splits
 
 #: Key pairs accepted in a ``.npz`` file, in order of preference: (images, labels).
-NPZ_KEYS = (("x", "y"), ("images", "labels"), ("X", "y"), ("x_train", "y_train"))
+NPZ_KEYS = (("x", "y"), ("images", "labels"), ("X", "y"))
+
+#: Split layouts of a ``.npz`` file: layout name -> {split: (images key, labels key)}.
+NPZ_SPLIT_LAYOUTS = {
+    "MedMNIST": {s: (f"{s}_images", f"{s}_labels") for s in ("train", "val", "test")},
+    "Keras": {s: (f"x_{s}", f"y_{s}") for s in ("train", "val", "test")},
+}
 
 
 def from_arrays(
@@ -55,24 +66,66 @@ def load_npz(
     An optional ``classes`` array in the file names the classes. The result is validated with
     ``min_per_class`` (0 disables validation); other keyword arguments go to :func:`from_arrays`.
     """
+    path, arrays = _read_npz(path)
+    keys = next(((a, b) for a, b in NPZ_KEYS if a in arrays and b in arrays), None)
+    if keys is None:
+        raise DataError(f"{path} has arrays {sorted(arrays)}; expected images and labels under 'x' and 'y' "
+                        "(or 'images' and 'labels'), or splits as MedMNIST ('train_images', 'train_labels', 'val_...', "
+                        "'test_...') or Keras ('x_train', 'y_train', 'x_test', 'y_test') save them: numpy.savez(path, x=images, y=labels)")
+    if classes is None and "classes" in arrays:
+        classes = [str(c) for c in arrays["classes"]]
+    return from_arrays(arrays[keys[0]], arrays[keys[1]], classes, source=f"npz:{path}",
+                       min_per_class=min_per_class, **kwargs)
+
+
+def load_npz_splits(path: str | os.PathLike, *, classes: Sequence[str] | None = None) -> Splits | None:
+    """The splits a ``.npz`` file holds (see :data:`NPZ_SPLIT_LAYOUTS`), or None if it holds none.
+
+    ``train`` and ``test`` are required; ``val`` is optional (``None`` in the result: the caller
+    splits it off the training split). Class names: ``classes``, else a ``classes`` array in the file.
+    A half-filled layout (images without labels, or a split without ``train``/``test``) is an error
+    that lists the arrays found and the ones expected.
+    """
+    path, arrays = _read_npz(path)
+    found = {name: {s: ks for s, ks in layout.items() if set(ks) & set(arrays)} for name, layout in NPZ_SPLIT_LAYOUTS.items()}
+    name = max(found, key=lambda n: len(found[n]))
+    if not found[name]:
+        return None
+    layout = found[name]
+    missing = [k for ks in layout.values() for k in ks if k not in arrays] + [
+        k for s in ("train", "test") if s not in layout for k in NPZ_SPLIT_LAYOUTS[name][s]]
+    if missing:
+        expected = ", ".join(k for s in ("train", "val", "test") for k in NPZ_SPLIT_LAYOUTS[name][s])
+        raise DataError(f"{path} holds part of the {name} split layout: arrays {sorted(arrays)}, missing {missing}. Fix: save "
+                        f"{expected} ('val' may be left out: it is then split off 'train'), or one dataset as x and y")
+    if classes is None and "classes" in arrays:
+        classes = [str(c) for c in arrays["classes"]]
+    ys = {s: arrays[ks[1]].reshape(-1) if arrays[ks[1]].ndim == 2 and arrays[ks[1]].shape[1] == 1 else arrays[ks[1]]
+          for s, ks in layout.items()}
+    for s, ks in layout.items():
+        if len(arrays[ks[0]]) != len(ys[s]):
+            raise DataError(f"{path}: {len(arrays[ks[0]])} images under {ks[0]!r} but {len(ys[s])} labels under {ks[1]!r}; "
+                            "give one label per image")
+    # One coding of the labels over all splits, so that a class missing from one split keeps its index.
+    codes, names = _labels(np.concatenate([ys[s] for s in layout]), classes)
+    ends = np.cumsum([len(ys[s]) for s in layout])
+    parts = {s: from_arrays(arrays[layout[s][0]], c, names, source=f"npz:{path}:{s}")
+             for s, c in zip(layout, np.split(codes, ends[:-1]))}
+    validate_dataset(parts["train"], min_per_class=2, what=f"the 'train' split of {path.name}")
+    return Splits(parts["train"], parts.get("val"), parts["test"])
+
+
+def _read_npz(path: str | os.PathLike) -> tuple[os.PathLike, dict[str, np.ndarray]]:
     path = check_file(path, ".npz file").resolve()
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+            return path, {k: npz[k] for k in npz.files}
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise DataError(f"{path} is not a readable .npz file ({e}); "
                         "save it with numpy.savez(path, x=..., y=...)") from None
     except ValueError as e:
         raise DataError(f"{path} holds object arrays ({e}); save labels as ints or a str array "
                         "(np.asarray(labels, dtype=str)), not Python objects") from None
-    keys = next(((a, b) for a, b in NPZ_KEYS if a in arrays and b in arrays), None)
-    if keys is None:
-        raise DataError(f"{path} has arrays {sorted(arrays)}; expected images and labels under 'x' and 'y' "
-                        "(or 'images' and 'labels'): numpy.savez(path, x=images, y=labels)")
-    if classes is None and "classes" in arrays:
-        classes = [str(c) for c in arrays["classes"]]
-    return from_arrays(arrays[keys[0]], arrays[keys[1]], classes, source=f"npz:{path}",
-                       min_per_class=min_per_class, **kwargs)
 
 
 def to_uint8_images(images, value_range: tuple[float, float] | None = None) -> np.ndarray:

@@ -3,7 +3,8 @@
 Accepted sources:
 
 - a folder of class folders, or of ``train/`` (``val/``, ``test/``) split folders;
-- a ``.csv`` manifest (``path,label`` columns) or a ``.npz`` file (``x``/``y`` arrays);
+- a ``.csv`` manifest (``path,label`` columns) or a ``.npz`` file (``x``/``y`` arrays, or its own
+  splits in MedMNIST's or Keras' layout: :func:`~.arrays.load_npz_splits`);
 - texts: a ``.csv``/``.tsv``/``.jsonl`` table with a text column (``text_col``/``label_col``, see
   :mod:`.text`), or a folder of class folders of ``.txt`` files;
 - a built-in set by name: ``"shapes"`` or ``"shapes:star,pentagon,hexagon"``;
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DataError
-from .arrays import load_npz
+from .arrays import load_npz, load_npz_splits
 from .checks import validate_dataset
 from .dataset import LabeledDataset, Splits
 from .folders import load_image_folder, load_image_splits
@@ -100,6 +101,7 @@ def load_splits(
     n_per_class: int = 200,
     text_col: str | None = None,
     label_col: str | None = None,
+    classes: str | list[str] | None = None,
 ) -> Splits:
     """Train/val/test splits of ``source`` (see the module doc for what is accepted).
 
@@ -109,9 +111,26 @@ def load_splits(
     source is checked with :func:`~headstart.data.checks.validate_dataset` (a given Splits is not).
     ``strict=True`` turns the first bad file into an error instead of a reported problem.
     ``text_col``/``label_col`` name the columns of a table (see :mod:`.text` for the defaults).
+    A ``.npz`` file's own splits are honoured like split folders (a missing ``val`` is split off
+    ``train``, ``val`` of the whole). ``classes`` (a list, or comma-separated names) names the integer
+    labels of a ``.npz`` file; other sources name their classes themselves.
     """
     if isinstance(source, Splits):
         return source
+    names = [c.strip() for c in classes.split(",") if c.strip()] if isinstance(classes, str) else classes
+    is_npz = isinstance(source, (str, os.PathLike)) and Path(source).expanduser().suffix.lower() == ".npz"
+    if names is not None and not is_npz:
+        raise DataError(f"--classes names the integer labels of a .npz file; {source!s} names its classes itself "
+                        "(folder names, a label column, ...). Fix: drop --classes")
+    if is_npz and Path(source).expanduser().is_file():
+        own = load_npz_splits(Path(source).expanduser(), classes=names)
+        if own is not None:
+            if own.val is None:
+                cut = stratified_split(own.train, val=val / max(1 - test, 1e-9) if val else 0.0, test=0.0, seed=seed)
+                own = Splits(cut.train, cut.val, own.test)
+            return own
+        if names is not None:
+            return stratified_split(load_npz(Path(source).expanduser(), classes=names), val=val, test=test, seed=seed)
     if isinstance(source, (str, os.PathLike)) and Path(source).expanduser().is_dir():
         if is_text_folder(Path(source).expanduser()):
             return load_text_splits(source, val=val, test=test, seed=seed, strict=strict)
