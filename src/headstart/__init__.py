@@ -15,7 +15,7 @@ too). Bottom to top, as :data:`LAYERS` lists them (``|`` joins the units of one 
 import each other)::
 
     errors | _io | _util -> data | methods -> settings -> backbones -> heads | features -> train -> evaluate | run_folder
-    -> model -> select | gap | continual | ensemble -> fitting -> experiments | demo -> cli
+    -> model -> select | gap | continual | ensemble | export -> fitting -> experiments | demo -> cli
 
 - ``errors``, ``_io``, ``_util``: exceptions; atomic writes and file hashes; CPU cores and the
   weights hash that backbones and features share. They import nothing of headstart.
@@ -33,7 +33,9 @@ import each other)::
   (``headstart gap``), with the adaptation losses' own distances (``methods.divergence``);
   ``continual``: continuing a finished run on new classes (``fit --from RUN``), through ``model``;
   ``ensemble``: several runs as one model (``headstart ensemble``), and ``headstart.load``, which
-  opens a run folder or an ensemble folder.
+  opens a run folder or an ensemble folder; ``export``: a run's classifier as one ONNX graph (fp32,
+  INT8), checked against the run on its validation images (``headstart export``), and
+  ``export.OnnxClassifier``, which predicts from that graph without torch.
 - ``fitting``: ``fit``. ``experiments``: what calls ``fit`` many times (``headstart curve``);
   ``demo``. ``cli``: thin commands over all of these.
 
@@ -65,7 +67,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("train",),
     ("evaluate", "run_folder"),
     ("model",),
-    ("select", "gap", "continual", "ensemble"),
+    ("select", "gap", "continual", "ensemble", "export"),
     ("fitting",),
     ("experiments", "demo"),
     ("cli",),
@@ -82,6 +84,7 @@ _EXPORTS = {
     "extract_features": "headstart.features",
     "rank_backbones": "headstart.select",
     "domain_gap": "headstart.gap",
+    "export_run": "headstart.export",
     "load_splits": "headstart.data",
     "make_shapes": "headstart.data",
     "LabeledDataset": "headstart.data",

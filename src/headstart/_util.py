@@ -1,4 +1,5 @@
-"""Small helpers used on several layers (backbones and features): usable CPU cores, a module's weights hash.
+"""Small helpers used on several layers (backbones, features, export): usable CPU cores, a module's weights
+hash, and the ONNX Runtime CPU session that feature extraction and exported models share.
 
 They sit at the bottom with :mod:`headstart._io` and :mod:`headstart.errors`, so that a backbone can use
 them without importing :mod:`headstart.features`, which sits above the backbones.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: an exported model runs without it (headstart.export)
+    import torch
 
 
 def available_cores() -> int:
@@ -22,9 +25,22 @@ def available_cores() -> int:
 
 def state_dict_sha256(module: torch.nn.Module) -> str:
     """sha256 over a module's state dict (names, dtypes, shapes and raw bytes), in key order."""
+    import torch
+
     h = hashlib.sha256()
     for name, t in module.state_dict().items():
         t = t.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def ort_session(path: "str | os.PathLike", threads: int | None = None):
+    """An ONNX Runtime CPU session on the model at ``path``: all graph optimisations, intra-op threads =
+    ``threads`` (default: the available cores). Needs only onnxruntime (no torch)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or available_cores()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

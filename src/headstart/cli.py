@@ -454,6 +454,28 @@ def _print_gap(res) -> None:
     print(f"results: {res.out / 'gap.html'}  ({res.seconds.get('total', 0):.1f} s)")
 
 
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="A run folder written by 'headstart fit' (image runs)."),
+    format: str = typer.Option("onnx", "--format", help="Export format: onnx."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="Also write an INT8 model (ONNX Runtime static quantization): int8."),
+    out: Path = typer.Option(..., "--out", help="Folder for model.onnx, preprocessing.json and export.json."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Labeled images to calibrate and check on (default: the run's validation split)."),
+    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="INT8: lowest top-1 agreement with the run accepted (default 0.99)."),
+    max_diff: Optional[float] = typer.Option(None, "--max-diff", help="fp32: largest |logit difference| to the run accepted (default 1e-3)."),
+) -> None:
+    """Export a run as one ONNX graph (backbone + head; optionally INT8), checked against the run, with a speed table."""
+    from .export import export_run
+    from .export.onnx import format_table
+
+    res = export_run(run, format=format, quantize=quantize, out=out, calibration=calibration, min_agreement=min_agreement, max_diff=max_diff)
+    t = res.report["timing"]
+    print(f"checked on {res.report['checked_on']['n']} images ({res.report['checked_on']['data']}); batch {t['batch_size']}, {t['threads']} threads")
+    cols = ["model", "MB", "images/s", "vs torch", "accuracy", "agreement", "max |diff|"]
+    _print_rows(cols, [dict(zip(cols, r)) for r in format_table(res.report)])
+    print(f"export folder: {res.out}")
+
+
 def main() -> None:
     try:
         app()

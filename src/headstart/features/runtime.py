@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .._io import atomic_path, write_json
-from .._util import available_cores
+from .._util import available_cores, ort_session
 
 logger = logging.getLogger("headstart.features")
 
@@ -86,14 +86,9 @@ class OnnxRunner:
 
     name = "onnx"
 
-    def __init__(self, path: Path, chunk: int = 16):
+    def __init__(self, path: Path, chunk: int = 16, threads: int | None = None):
         self.chunk = chunk
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = available_cores()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, threads)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
