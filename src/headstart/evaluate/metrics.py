@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .bootstrap import RESAMPLES, SEED, bootstrap_intervals
+
 #: Top-k accuracies reported when there are more than k classes.
 TOP_K = (3, 5)
 #: Equal-width confidence bins of the expected calibration error and the reliability diagram.
@@ -75,7 +77,8 @@ def _one_vs_rest(score_fn, y_true: np.ndarray, proba: np.ndarray, classes: Seque
     return scores, skipped
 
 
-def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str], *, resamples: int = RESAMPLES,
+                           seed: int = SEED) -> dict[str, Any]:
     """Every metric of a run from ``y_true`` (class indices) and ``proba`` ``(n, len(classes))``.
 
     Keys: ``n``, ``accuracy``, ``balanced_accuracy``, ``log_loss``, ``macro_``/``weighted_``
@@ -86,7 +89,11 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Seque
     classes than k), ``ece`` (:func:`expected_calibration_error`), ``per_class`` (precision, recall,
     F1, support, and one-vs-rest ROC-AUC / PR-AUC where defined), ``confusion_matrix`` (rows: true,
     columns: predicted, every class), ``classes`` and ``notes`` (what was skipped and why).
-    Undefined values are ``None``.
+    Binary runs also get ``sensitivity`` (recall of ``classes[1]``, the class whose probability
+    ROC-AUC ranks; ``positive_class`` names it) and ``specificity`` (recall of ``classes[0]``).
+    ``ci``: seeded 95% bootstrap intervals of accuracy, balanced accuracy and, for binary runs,
+    sensitivity, specificity and ROC-AUC (:func:`~.bootstrap.bootstrap_intervals`; ``resamples=0``
+    leaves them out). Undefined values are ``None``.
     """
     from sklearn.metrics import (
         accuracy_score,
@@ -153,7 +160,11 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Seque
             "roc_auc": roc.get(c), "pr_auc": ap_scores.get(c)}
         for i, c in enumerate(classes)
     }
+    if k == 2:
+        out["positive_class"], out["sensitivity"], out["specificity"] = classes[1], float(r[1]), float(r[0])
     out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    if resamples:
+        out["ci"] = bootstrap_intervals(y_true, proba, resamples=resamples, seed=seed)
     out["notes"] = notes
     return out
 
@@ -168,6 +179,8 @@ HEADLINE = {
     "macro_recall": "macro recall",
     "roc_auc": "ROC-AUC",
     "pr_auc": "PR-AUC",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
     "top_3_accuracy": "top-3 accuracy",
     "top_5_accuracy": "top-5 accuracy",
     "log_loss": "log loss",

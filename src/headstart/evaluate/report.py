@@ -139,7 +139,13 @@ def _diagnostics(doc: _Doc, rec: RunRecord) -> None:
 def _metrics_tables(doc: _Doc, m: dict[str, Any], split: str) -> None:
     doc.h(2, "Metrics", "metrics")
     doc.p(f"On the {split} split ({m['n']} items), computed from predictions.csv with scikit-learn (ECE: equal-width bins, 15).", "sub")
-    doc.table(["metric", "value"], [[label, m.get(k)] for k, label in HEADLINE.items() if k in m], numeric={1})
+    ci = m.get("ci") or {}
+    interval = lambda k: f"{ci[k][0]:.3f} - {ci[k][1]:.3f}" if ci.get(k) else ""  # noqa: E731
+    doc.table(["metric", "value", f"{ci.get('level', 0.95):.0%} interval"], [[label, m.get(k), interval(k)] for k, label in HEADLINE.items() if k in m],
+              numeric={1})
+    if ci.get("resamples"):
+        doc.p(f"Intervals: percentile bootstrap, {ci['resamples']} resamples of the {m['n']} items (seed {ci['seed']})."
+              + (f" Sensitivity is the recall of {m['positive_class']!r}, specificity that of the other class." if "positive_class" in m else ""), "sub")
     for note in m.get("notes", []):
         doc.p(f"Note: {note}.", "note")
     doc.h(2, "Per-class metrics", "per-class")
