@@ -48,3 +48,15 @@ def test_multiclass_gets_accuracy_intervals_and_zero_resamples_none():
     m = classification_metrics(y, p / p.sum(1, keepdims=True), list("abcd"))
     assert set(m["ci"]) >= {"accuracy", "balanced_accuracy"} and "roc_auc" not in m["ci"] and "sensitivity" not in m
     assert "ci" not in classification_metrics(y, p / p.sum(1, keepdims=True), list("abcd"), resamples=0)
+
+
+def test_compare_warns_when_the_difference_is_inside_the_interval():
+    from headstart.evaluate.compare import interval_warnings
+
+    y, p = _binary(200)
+    m = classification_metrics(y, p, ["neg", "pos"])
+    row = lambda name, acc: {"run": name, "n": 200, "accuracy": acc, "roc_auc": None, "ci": m["ci"]}  # noqa: E731
+    width = m["ci"]["accuracy"][1] - m["ci"]["accuracy"][0]
+    assert len(interval_warnings([row("a", 0.80), row("b", 0.80 + width / 2)])) == 1
+    assert "may be noise" in interval_warnings([row("a", 0.80), row("b", 0.80 + width / 2)])[0]
+    assert interval_warnings([row("a", 0.50), row("b", 0.50 + 2 * width)]) == []

@@ -59,6 +59,7 @@ def compare_row(run_dir: str | Path, *, speed: bool = True) -> dict[str, Any]:
     if rec.predictions is not None:
         m = classification_metrics(rec.predictions.y_true, rec.predictions.proba, rec.predictions.classes)
         row.update(split=rec.predictions.split, n=m["n"], **{k: m.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "log_loss", "ece")})
+        row["ci"] = m.get("ci")  # bootstrap intervals: not a column; read by interval_warnings
     c = rec.metrics.get("continual")
     if c:  # a continued run (fit --from): how much of the old task it kept
         row.update(method=(info.get("parent") or {}).get("method"), **{k: c.get(k) for k in ("old_after", "new_after", "forgetting")})
@@ -100,10 +101,32 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(COLUMNS))
+    w = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
+
+
+#: Figures whose bootstrap intervals (metrics' ``ci``) are checked against the differences compared.
+CI_FIGURES = ("accuracy", "roc_auc")
+
+
+def interval_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """A warning for each pair of runs whose difference in a figure of :data:`CI_FIGURES` is smaller
+    than the width of either run's 95% bootstrap interval of it: that difference may be noise."""
+    out = []
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            for k in CI_FIGURES:
+                ca, cb = (a.get("ci") or {}).get(k), (b.get("ci") or {}).get(k)
+                if a.get(k) is None or b.get(k) is None or not ca or not cb:
+                    continue
+                diff, width = abs(a[k] - b[k]), max(ca[1] - ca[0], cb[1] - cb[0])
+                if diff < width:
+                    out.append(f"{k}: {a['run']} {a[k]:.4f} vs {b['run']} {b[k]:.4f} differ by {diff:.4f}, less than the width of "
+                               f"their 95% bootstrap interval ({width:.4f}, on {a.get('n')} and {b.get('n')} items): the difference "
+                               "may be noise. Fix: evaluate on more items, or compare over several seeds.")
+    return out
 
 
 def compare_runs(runs: Sequence[str | Path], *, out: str | Path | None = None, speed: bool = True) -> list[dict[str, Any]]:
@@ -115,6 +138,8 @@ def compare_runs(runs: Sequence[str | Path], *, out: str | Path | None = None, s
     if not runs:
         raise HeadstartError("Nothing to compare: give one or more run folders, e.g. 'headstart compare runs/a runs/b'.")
     rows = [compare_row(r, speed=speed) for r in runs]
+    for warning in interval_warnings(rows):
+        log.warning("%s", warning)
     if out is not None:
         stem = Path(out)
         if stem.suffix.lower() in (".csv", ".md"):
