@@ -52,7 +52,8 @@ def main() -> None:
                                        min_agreement=0.0)  # measured, not refused: the table says whether 0.99 is met
             results[fmt] = res.report
             t = res.report["timing"]
-            print(f"\nINT8 {fmt}: checked on {res.report['checked_on']['n']} validation images, batch {t['batch_size']}, {t['threads']} threads")
+            size = json.loads((res.out / "preprocessing.json").read_text())["input"]["height"]
+            print(f"\nINT8 {fmt}: checked on {res.report['checked_on']['n']} validation images at {size} px, batch {t['batch_size']}, {t['threads']} threads")
             cols = ["model", "MB", "images/s", "vs torch", "accuracy", "agreement", "max |diff|"]
             rows = format_table(res.report)
             widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
