@@ -85,6 +85,20 @@ def test_int8_refused_below_the_agreement_threshold(run, tmp_path):
     assert not (tmp_path / "x" / "model.onnx").exists()
 
 
+def test_default_data_is_the_runs_recorded_validation_split(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for i, (x, y) in enumerate(zip(np.concatenate([d.items for d in (DATA.train, DATA.val, DATA.test)]), np.concatenate([d.labels for d in (DATA.train, DATA.val, DATA.test)]))):
+        (root / DATA.classes[y]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x).save(root / DATA.classes[y] / f"{i}.png")
+    headstart.fit(str(root), backbone="tiny_cnn", strategy="linear", out=tmp_path / "run", val=0.3, test=0.2)
+    res = export_run(tmp_path / "run", out=tmp_path / "x")  # no calibration: config.yaml's data, fractions and seed
+    val = headstart.load_splits(str(root), val=0.3, test=0.2, seed=0).val
+    assert res.report["checked_on"]["n"] == len(val) and res.report["checked_on"]["data"].startswith("validation split of")
+    assert res.rows["onnx_fp32"]["agreement"] == 1.0 and "onnx_int8" not in res.rows
+
+
 def test_bad_inputs(run, tmp_path):
     with pytest.raises(RunFolderError, match="does not exist"):
         export_run(tmp_path / "nope", out=tmp_path / "x")
