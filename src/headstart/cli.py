@@ -476,6 +476,20 @@ def export(
     print(f"export folder: {res.out}")
 
 
+@app.command()
+def serve(
+    path: Path = typer.Argument(..., help="A run folder ('headstart fit') or an export folder ('headstart export')."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (127.0.0.1: this machine only)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    max_request_mb: float = typer.Option(20.0, "--max-request-mb", help="Largest request body accepted, in MB (413 above)."),
+    max_batch: int = typer.Option(32, "--max-batch", help="Most inputs predicted in one batch (dynamic batching of concurrent requests)."),
+) -> None:
+    """Serve predictions over HTTP: POST /predict (multipart 'file' fields, or JSON {"text": ...}), GET /health, /metadata, / (a page)."""
+    from .export.serve import serve as run_service
+
+    run_service(path, host=host, port=port, max_request_bytes=int(max_request_mb * 1024 * 1024), max_batch=max_batch)
+
+
 def main() -> None:
     try:
         app()

@@ -19,7 +19,9 @@ written) when
 INT8 is ONNX Runtime static quantization (per-channel int8 weights, uint8 activations, QDQ format:
 see :mod:`.quantize` for the measurement), calibrated on the same images.
 
-Not built: serving, pruning, OpenVINO export, text runs (refused with an error saying so).
+Serving: :mod:`.serve` (``headstart serve RUN_OR_EXPORT``), FastAPI + uvicorn over an export folder
+(:class:`OnnxClassifier`) or a run folder. Not built: pruning, OpenVINO export, text-run export (refused
+with an error saying so).
 Names are imported on first use: importing :class:`OnnxClassifier` imports no torch.
 """
 
