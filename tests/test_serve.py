@@ -204,3 +204,29 @@ def test_page_renders_in_headless_chromium(run, tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_a_text_run_takes_json(tmp_path):
+    """glove50 (mean-pooled word vectors, offline): JSON texts in, top-k out; wrong keys and uploads refused."""
+    import csv
+
+    with open(tmp_path / "r.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(15):
+            w.writerow([f"good great lovely nice film {i}", "pos"])
+            w.writerow([f"bad awful terrible boring film {i}", "neg"])
+    headstart.fit(tmp_path / "r.csv", backbone="glove50", out=tmp_path / "run")
+    with TestClient(create_app(tmp_path / "run")) as c:
+        assert c.get("/metadata").json()["modality"] == "text"
+        res = c.post("/predict", json={"text": ["a great lovely film", "awful boring"]})
+        assert res.status_code == 200, res.text
+        assert [p["prediction"] for p in res.json()["predictions"]] == ["pos", "neg"]
+        assert c.post("/predict", json={"text": "great"}).json()["predictions"][0]["input"] == "great"
+        for body, says in (({"txt": "x"}, "expected {\"text\""), ({"text": ""}, "non-empty"), ({"text": [1]}, "non-empty")):
+            bad = c.post("/predict", json=body)
+            assert bad.status_code == 422 and says in bad.json()["error"], bad.text
+        bad = c.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
+        assert bad.status_code == 422 and "not valid UTF-8 JSON" in bad.json()["error"]
+        up = c.post("/predict", files={"file": ("a.png", png(), "image/png")})
+        assert up.status_code == 415 and "classifies texts" in up.json()["error"]
