@@ -226,12 +226,16 @@ def predict(
     proba = model.predict_proba(inputs, task=task)
     k = max(1, min(top_k, len(model.classes)))
     key = "text" if model.modality == "text" else "file"
-    for f, row in zip(names, proba):
+    op = getattr(model, "operating_point", None)
+    if op is not None:  # fit --threshold: the decision is p(positive) >= threshold, not argmax
+        print(f"threshold {op['threshold']:.4f} on p({op['positive_class']}) ({op['rule']}, chosen on validation)", file=sys.stderr)
+    decided = model.decide(proba) if op is not None else proba.argmax(1)
+    for f, row, pred in zip(names, proba, decided):
         order = row.argsort()[::-1][:k]
         if as_json:
-            print(json.dumps({key: str(f), "prediction": model.classes[order[0]], "probability": round(float(row[order[0]]), 6), "top": [{"class": model.classes[i], "probability": round(float(row[i]), 6)} for i in order]}))
+            print(json.dumps({key: str(f), "prediction": model.classes[pred], "probability": round(float(row[pred]), 6), **({"threshold": op["threshold"]} if op else {}), "top": [{"class": model.classes[i], "probability": round(float(row[i]), 6)} for i in order]}))
         else:
-            print(f"{f}\t" + "\t".join(f"{model.classes[i]} {row[i]:.4f}" for i in order))
+            print(f"{f}\t" + (f"-> {model.classes[pred]}\t" if op else "") + "\t".join(f"{model.classes[i]} {row[i]:.4f}" for i in order))
 
 
 @app.command()
@@ -249,6 +253,10 @@ def evaluate(
         print(json.dumps(m, indent=2))
         return
     _print_metrics(m)
+    op = m.get("operating_point")
+    if op:  # fit --threshold
+        print(f"at threshold {op['threshold']:.4f} on p({op['positive_class']}) ({op['rule']}, chosen on validation): "
+              + ", ".join(f"{k} {op[k]:.4f}" for k in ("sensitivity", "specificity", "ppv", "npv", "accuracy") if op.get(k) is not None))
 
 
 def _print_metrics(m: dict) -> None:
@@ -260,6 +268,12 @@ def _print_metrics(m: dict) -> None:
     extra = [(label, m.get(k)) for k, label in (("balanced_accuracy", "balanced accuracy"), ("roc_auc", "ROC-AUC"), ("ece", "ECE")) if m.get(k) is not None]
     if extra:
         c.print("   ".join(f"{label} {v:.4f}" for label, v in extra))
+    if "sensitivity" in m:
+        c.print(f"sensitivity {m['sensitivity']:.4f}   specificity {m['specificity']:.4f}   (positive class {m['positive_class']!r})")
+    ci = m.get("ci") or {}
+    shown = [(k, ci[k]) for k in ("accuracy", "roc_auc", "sensitivity", "specificity") if ci.get(k)]
+    if shown:
+        c.print(f"{ci['level']:.0%} bootstrap intervals ({ci['resamples']} resamples): " + "   ".join(f"{k} {lo:.3f}-{hi:.3f}" for k, (lo, hi) in shown))
     for note in m.get("notes", []):
         c.print(f"note: {note}")
     t = Table("class", "precision", "recall", "F1", "support")

@@ -153,6 +153,9 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         cont.old_task(method, bb, splits, s)  # the old run's figures on the old task; a continual method gets the old model
     target_test = _load_target_test(s, splits)
     classes = splits.classes
+    if h.threshold is not None:  # a binary run only: said before any training
+        from .evaluate.operating import check_binary
+        check_binary(h.threshold, classes)
     cw = _class_weights(splits.train.labels, len(classes)) if h.class_weights == "balanced" else None
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
     secondary = _secondary_rank()  # a DDP worker process: trains, writes nothing
@@ -237,6 +240,9 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         "versions": _versions(),
     }
     model.info = {"strategy": tr.strategy, "head": head_mod.config()["kind"], "backbone": backbone, "trained_on": splits.train.source}
+    if h.threshold is not None:  # the decision threshold, chosen on the validation split, never on test (evaluate.operating)
+        from .evaluate.operating import fit_operating_point
+        model.info["operating_point"] = fit_operating_point(model, splits.val, h.threshold, batch_size=tr.batch_size, runtime=b.runtime, cache=b.cache and trained == "linear")
     if cont is not None:
         cont.record(config, model.info, method)  # parent (lineage); tasks with --heads separate
     metrics: dict[str, Any] = {"strategy": trained, **({"auto": auto_choice} if auto_choice else {}), "classes": classes, "counts": splits.summary(), "problems": [str(p) for ds in (splits.train, splits.val, splits.test) if ds is not None for p in ds.problems]}
@@ -249,7 +255,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         proba = model.predict_proba(eval_ds, task=model.task_of_labels(eval_ds.labels), batch_size=tr.batch_size, runtime=b.runtime, cache=b.cache and (trained == "linear" or loop_info.get("best_epoch") == -1))  # an unchanged backbone: its cached features
         timings["predict"] = time.perf_counter() - t
         split_name = "test" if eval_ds is splits.test else "val"
-        metrics[split_name] = classification_metrics(eval_ds.labels, proba, classes)
+        metrics[split_name] = {**classification_metrics(eval_ds.labels, proba, classes), **model.threshold_metrics(eval_ds.labels, proba)}
         if cont is not None:
             metrics["continual"] = cont.measures(eval_ds.labels, proba)
         metrics.update(method.run_metrics(model, eval_ds, proba, s) if method is not None else {})  # e.g. distill: teacher vs student

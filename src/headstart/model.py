@@ -164,8 +164,29 @@ class Model:
         return self.proba_from_features(self.features(inputs, **kw), task=task)
 
     def predict(self, inputs: Any, *, task: Any = None, **kw: Any) -> list[str]:
-        """Predicted class names."""
-        return [self.classes[i] for i in self.predict_proba(inputs, task=task, **kw).argmax(1)]
+        """Predicted class names (at the run's operating point, if it has one: :meth:`decide`)."""
+        return [self.classes[i] for i in self.decide(self.predict_proba(inputs, task=task, **kw))]
+
+    @property
+    def operating_point(self) -> dict[str, Any] | None:
+        """``{"rule", "threshold", "positive_class", ...}`` chosen on validation by ``fit --threshold``, or ``None`` (argmax)."""
+        return self.info.get("operating_point") or None
+
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        """Class indices from probabilities: argmax, or for a run with an operating point ``p(classes[1]) >= threshold``."""
+        op = self.operating_point
+        if op is None or proba.shape[1] != 2:
+            return proba.argmax(1)
+        return (proba[:, 1] >= op["threshold"]).astype(np.int64)
+
+    def threshold_metrics(self, y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+        """``{"operating_point": sensitivity, specificity, PPV, NPV, ... at the run's threshold}``, or ``{}`` without one."""
+        from .evaluate.operating import at_threshold
+
+        op = self.operating_point
+        if op is None or proba.shape[1] != 2:
+            return {}
+        return {"operating_point": {"rule": op["rule"], "positive_class": self.classes[1], **at_threshold(y_true, proba[:, 1], op["threshold"])}}
 
     def evaluate(self, data: Any, **kw: Any) -> dict[str, Any]:
         """Metrics on labeled data (a dataset, splits' test set, or anything ``load_splits`` reads)."""
@@ -173,7 +194,7 @@ class Model:
 
         ds = _labeled(data, self.classes)
         proba = self.predict_proba(ds, task=self.task_of_labels(ds.labels), **kw)  # task-incremental: each item's own task
-        return classification_metrics(ds.labels, proba, self.classes)
+        return {**classification_metrics(ds.labels, proba, self.classes), **self.threshold_metrics(ds.labels, proba)}
 
     # --- persistence -----------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -234,6 +255,11 @@ def _labeled(data: Any, classes: list[str]) -> LabeledDataset:
         return load_image_folder(folder, classes=classes, min_per_class=0)
     if isinstance(data, (str, Path)) and str(data).lower().endswith(".csv"):
         return load_manifest(data, classes=classes, min_per_class=0)
+    if isinstance(data, (str, Path)) and str(data).lower().endswith(".npz"):
+        from .data.arrays import load_npz_splits
+
+        held = load_npz_splits(data, classes=classes)  # a file with its own splits: its test split
+        data = held.test if held is not None else data
     ds = data if isinstance(data, LabeledDataset) else load_dataset(data)
     if ds.classes != classes:
         unknown = sorted(set(ds.classes) - set(classes))

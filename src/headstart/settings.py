@@ -158,10 +158,15 @@ class HeadSettings:
     hidden: int = opt(256, "Hidden units of the mlp head.")
     dropout: float = opt(0.3, "Dropout of the mlp head.")
     class_weights: str | None = opt(None, "'balanced' to weight classes by inverse frequency.")
+    threshold: str | None = opt(
+        None, "Binary runs: the decision threshold on the second class's probability, chosen on the validation split and stored in "
+        "model.json (predict and evaluate use it): youden | sensitivity=S | specificity=S | f1 (e.g. sensitivity=0.95). Default: argmax.")
 
     def __post_init__(self) -> None:
         _choice("head", self.kind, HEADS)
         _choice("class_weights", self.class_weights, (None, "balanced"))
+        if self.threshold is not None:
+            parse_threshold_rule(self.threshold)
         _whole("hidden", self.hidden, 1)
         _fraction("dropout", self.dropout)
 
@@ -265,6 +270,24 @@ class MethodSettings:
             return
         typed = parse_options(self.name, options)  # unknown methods and options, wrong types: named errors
         object.__setattr__(self, "options", {k: getattr(typed, k) for k in options})
+
+
+def parse_threshold_rule(rule: Any) -> tuple[str, float | None]:
+    """``"youden"`` -> ``("youden", None)``; ``"sensitivity=0.95"`` -> ``("sensitivity", 0.95)``; also ``specificity=S``, ``f1``."""
+    kind, sep, value = str(rule).strip().partition("=")
+    kind = kind.strip().lower()
+    fix = "Fix: --threshold youden | sensitivity=S | specificity=S | f1, with S a fraction in (0, 1], e.g. sensitivity=0.95."
+    if kind in ("youden", "f1") and not sep:
+        return kind, None
+    if kind in ("sensitivity", "specificity") and sep:
+        try:
+            target = float(value)
+        except ValueError:
+            target = -1.0
+        if 0.0 < target <= 1.0:
+            return kind, target
+        raise HeadstartError(f"The 'threshold' parameter {rule!r} needs a target {kind} in (0, 1]; got {value.strip()!r}. {fix}")
+    raise HeadstartError(f"The 'threshold' parameter must be youden, sensitivity=S, specificity=S or f1; got {rule!r}. {fix}")
 
 
 def _key_values(value: Any) -> dict:
