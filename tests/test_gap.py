@@ -96,6 +96,20 @@ def test_frechet_distance():
     assert frechet_distance(low_rank, low_rank) >= 0.0
 
 
+def test_frechet_with_fewer_items_than_dimensions_matches_the_full_formula():
+    # CI once failed here: LAPACK's eigh did not converge on the 1,280-d covariance of 16 images
+    # whose features were mostly exact zeros; the sample-space form needs no such decomposition
+    rng = np.random.default_rng(1)
+    x, y = np.zeros((16, 1280)), np.zeros((12, 1280))
+    x[:, :30], y[:, :30] = rng.random((16, 30)), rng.random((12, 30)) + 0.2
+    from scipy.linalg import sqrtm
+
+    c1, c2 = np.cov(x[:, :30], rowvar=False), np.cov(y[:, :30], rowvar=False)
+    ref = np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(c1 + c2 - 2 * sqrtm(c1 @ c2).real)
+    assert frechet_distance(x, y) == pytest.approx(ref, rel=1e-6)
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
+
+
 def test_coral_is_the_adaptation_loss():
     x, y = gaussians(50, 60, d=8)
     y = y * 2.0
