@@ -53,7 +53,7 @@ Four upward imports remain, each inside one function and allowed by name in the 
 
 from __future__ import annotations
 
-import importlib
+from ._util import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -97,16 +97,6 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'headstart' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = sorted(_EXPORTS)

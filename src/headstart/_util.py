@@ -1,5 +1,6 @@
 """Small helpers used on several layers (backbones, features, export): usable CPU cores, a module's weights
-hash, and the ONNX Runtime CPU session that feature extraction and exported models share.
+hash, the ONNX Runtime CPU session that feature extraction and exported models share, and the lazy
+names of a package (:func:`lazy_exports`).
 
 They sit at the bottom with :mod:`headstart._io` and :mod:`headstart.errors`, so that a backbone can use
 them without importing :mod:`headstart.features`, which sits above the backbones.
@@ -8,8 +9,9 @@ them without importing :mod:`headstart.features`, which sits above the backbones
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # torch is imported where it is used: an exported model runs without it (headstart.export)
     import torch
@@ -44,3 +46,22 @@ def ort_session(path: "str | os.PathLike", threads: int | None = None):
     so.intra_op_num_threads = threads or available_cores()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's ``__getattr__`` and ``__dir__`` (PEP 562) that import each name of ``exports``
+    (name -> module) on first use and keep it in the package's namespace, so that importing the
+    package imports none of them (``import headstart`` stays cheap; an export folder is read without torch)."""
+    namespace = importlib.import_module(package).__dict__
+
+    def __getattr__(name: str) -> Any:
+        if name in exports:
+            value = getattr(importlib.import_module(exports[name]), name)
+            namespace[name] = value
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted([*namespace, *exports])
+
+    return __getattr__, __dir__

@@ -27,7 +27,7 @@ Names are imported on first use: importing :class:`OnnxClassifier` imports no to
 
 from __future__ import annotations
 
-import importlib
+from .._util import lazy_exports
 
 _EXPORTS = {
     "export_run": "headstart.export.onnx",
@@ -39,16 +39,6 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'headstart.export' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = sorted(_EXPORTS)
