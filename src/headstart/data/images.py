@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -39,16 +40,17 @@ class _BadImage(Exception):
     """Internal: why a file could not be used (the path is added by the caller)."""
 
 
-def open_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Image.Image:
-    """Decode ``path`` into an 8-bit RGB image with its EXIF orientation applied.
+def open_image(path: str | os.PathLike | IO[bytes], *, max_pixels: int | None = None, name: str | None = None) -> Image.Image:
+    """Decode ``path`` (a file path, or a binary file object such as ``io.BytesIO(upload)``) into an
+    8-bit RGB image with its EXIF orientation applied.
 
-    Raises :class:`DataError` naming the file and the reason for a missing, non-image, corrupt,
-    truncated or too large file.
+    Raises :class:`DataError` naming the file (``name``, else the path, else ``<in-memory image>``)
+    and the reason for a missing, empty, non-image, corrupt, truncated or too large file.
     """
     try:
         img = _decode(path, max_pixels, draft=False)
     except _BadImage as e:
-        raise DataError(f"cannot read image {os.fspath(path)}: {e}") from None
+        raise DataError(f"cannot read image {name or _describe(path)}: {e}") from None
     with img:  # close the file (multi-frame formats keep it open); return a detached image
         out = _to_rgb(img)
         return out.copy() if out is img else out
@@ -67,7 +69,7 @@ def check_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> st
     return None
 
 
-def _decode(path: str | os.PathLike, max_pixels: int | None, *, draft: bool) -> Image.Image:
+def _decode(path: str | os.PathLike | IO[bytes], max_pixels: int | None, *, draft: bool) -> Image.Image:
     """Open, check the declared size, and fully load ``path``; raise :class:`_BadImage`."""
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
@@ -110,10 +112,19 @@ def _check_size(img: Image.Image, limit: int) -> None:
         )
 
 
-def _unidentified_reason(path: str | os.PathLike) -> str:
+def _describe(path: str | os.PathLike | IO[bytes]) -> str:
+    if isinstance(path, (str, os.PathLike)):
+        return os.fspath(path)
+    return str(getattr(path, "name", None) or "<in-memory image>")
+
+
+def _unidentified_reason(path: str | os.PathLike | IO[bytes]) -> str:
     try:
-        size = os.path.getsize(path)
-    except OSError:
+        if isinstance(path, (str, os.PathLike)):
+            size = os.path.getsize(path)
+        else:
+            size = path.seek(0, os.SEEK_END)
+    except (OSError, ValueError, AttributeError):
         size = -1
     if size == 0:
         return "empty file (0 bytes)"

@@ -166,24 +166,19 @@ class BadInput(Exception):
 
 def decode_image(name: str, data: bytes, *, max_pixels: int = MAX_PIXELS):
     """An RGB PIL image from uploaded bytes, or :class:`BadInput` saying what is wrong with them."""
-    # data.images' own checks (size from the header before decoding, truncation, mode to RGB, EXIF);
-    # its private pair is used because open_image's messages name a file path, and an upload has none.
-    from ..data.images import _BadImage, _decode, _to_rgb
+    # data.images' own checks: size from the header before decoding, truncation, mode to RGB, EXIF
+    from ..data.images import open_image
+    from ..errors import DataError
 
     if not data:
         raise BadInput(422, f"upload {name!r} is empty (0 bytes); send the image file's content")
     try:
-        img = _decode(io.BytesIO(data), max_pixels, draft=False)
-    except _BadImage as e:
-        reason = str(e)
+        return open_image(io.BytesIO(data), max_pixels=max_pixels, name=repr(name))
+    except DataError as e:
+        reason = str(e).removeprefix(f"cannot read image {name!r}: ")
         if "over the limit" in reason or "decompression bomb" in reason.lower():
             raise BadInput(413, f"upload {name!r}: {reason.split('; ')[0]}; send a smaller image (at most {max_pixels:,} pixels)") from None
         raise BadInput(422, f"upload {name!r} is not a usable image: {reason}") from None
-    except Exception:  # noqa: BLE001 - e.g. Pillow cannot identify the bytes (the reason's helper wants a path)
-        raise BadInput(422, f"upload {name!r} is not an image file Pillow can read; send a JPEG, PNG, BMP, GIF, TIFF or WebP") from None
-    with img:
-        out = _to_rgb(img)
-        return out.copy() if out is img else out
 
 
 PAGE = """<!doctype html>
