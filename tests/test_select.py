@@ -214,15 +214,12 @@ def test_bad_inputs_are_data_errors():
         leep(np.ones((4, 3)), np.arange(4) % 2)
 
 
-def test_logme_is_fast_on_10k_by_1280():
-    import time
-
+def test_logme_runs_on_10k_by_1280():
+    # its speed (~0.5 s on 2 cores) is measured by benchmarks/select_speed.py, not asserted here
     rng = np.random.default_rng(0)
     y = rng.integers(0, 10, 10_000)
     f = rng.normal(size=(10_000, 1280)).astype(np.float32)
-    t = time.perf_counter()
-    logme(f, y)
-    assert time.perf_counter() - t < 10.0  # ~0.5 s measured on 2 cores; generous for a loaded CI box
+    assert np.isfinite(logme(f, y))
 
 
 # --- ranking backbones: library, fit(backbone="auto"), CLI ------------------------------------
