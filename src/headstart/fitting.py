@@ -240,9 +240,8 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         "versions": _versions(),
     }
     model.info = {"strategy": tr.strategy, "head": head_mod.config()["kind"], "backbone": backbone, "trained_on": splits.train.source}
-    if h.threshold is not None:  # the decision threshold, chosen on the validation split, never on test (evaluate.operating)
-        from .evaluate.operating import fit_operating_point
-        model.info["operating_point"] = fit_operating_point(model, splits.val, h.threshold, batch_size=tr.batch_size, runtime=b.runtime, cache=b.cache and trained == "linear")
+    from .evaluate.operating import fit_decision  # calibration, then the threshold on calibrated probabilities: on validation, never test
+    model.info.update(fit_decision(model, splits.val, calibrate=h.calibrate, threshold=h.threshold, batch_size=tr.batch_size, runtime=b.runtime, cache=b.cache and trained == "linear"))
     if cont is not None:
         cont.record(config, model.info, method)  # parent (lineage); tasks with --heads separate
     metrics: dict[str, Any] = {"strategy": trained, **({"auto": auto_choice} if auto_choice else {}), "classes": classes, "counts": splits.summary(), "problems": [str(p) for ds in (splits.train, splits.val, splits.test) if ds is not None for p in ds.problems]}
@@ -255,7 +254,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         proba = model.predict_proba(eval_ds, task=model.task_of_labels(eval_ds.labels), batch_size=tr.batch_size, runtime=b.runtime, cache=b.cache and (trained == "linear" or loop_info.get("best_epoch") == -1))  # an unchanged backbone: its cached features
         timings["predict"] = time.perf_counter() - t
         split_name = "test" if eval_ds is splits.test else "val"
-        metrics[split_name] = {**classification_metrics(eval_ds.labels, proba, classes), **model.threshold_metrics(eval_ds.labels, proba)}
+        metrics[split_name] = {**classification_metrics(eval_ds.labels, proba, classes), **model.decision_metrics(eval_ds.labels, proba)}
         if cont is not None:
             metrics["continual"] = cont.measures(eval_ds.labels, proba)
         metrics.update(method.run_metrics(model, eval_ds, proba, s) if method is not None else {})  # e.g. distill: teacher vs student

@@ -108,14 +108,25 @@ class Model:
         ds = as_dataset(inputs, modality=self.modality)
         return extract_features(self.backbone, ds, batch_size=batch_size, runtime=runtime, cache=cache, progress=progress)
 
-    def proba_from_features(self, feats: np.ndarray, *, task: Any = None) -> np.ndarray:
-        """Softmax of the head's logits; with ``task`` (see :meth:`predict_proba`) over that task's classes only."""
+    def logits_from_features(self, feats: np.ndarray, *, task: Any = None) -> torch.Tensor:
+        """The head's logits, before any calibration; with ``task`` the other tasks' classes at ``-inf``."""
         self.head.eval()
         with torch.inference_mode():
             logits = self.head(torch.as_tensor(feats, dtype=torch.float32))
             if task is not None:
                 logits = logits.masked_fill(~torch.as_tensor(self.task_mask(task, len(logits))), float("-inf"))
-            return torch.softmax(logits, dim=1).numpy()
+            return logits
+
+    def proba_from_features(self, feats: np.ndarray, *, task: Any = None) -> np.ndarray:
+        """Softmax of the head's logits divided by the run's :attr:`temperature`; with ``task`` (see
+        :meth:`predict_proba`) over that task's classes only."""
+        with torch.inference_mode():
+            return torch.softmax(self.logits_from_features(feats, task=task) / self.temperature, dim=1).numpy()
+
+    @property
+    def temperature(self) -> float:
+        """The temperature ``fit --calibrate temperature`` fit on validation (``info.calibration``); 1.0 without one."""
+        return float((self.info.get("calibration") or {}).get("temperature", 1.0))
 
     # --- tasks (task-incremental runs: fit --from RUN --heads separate) ----------------------------
     @property
@@ -179,14 +190,20 @@ class Model:
             return proba.argmax(1)
         return (proba[:, 1] >= op["threshold"]).astype(np.int64)
 
-    def threshold_metrics(self, y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
-        """``{"operating_point": sensitivity, specificity, PPV, NPV, ... at the run's threshold}``, or ``{}`` without one."""
+    def decision_metrics(self, y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+        """What the run's decision settings add to its metrics: ``{"operating_point": sensitivity, specificity,
+        PPV, NPV, ... at the run's threshold}`` (``fit --threshold``) and ``{"calibration": ECE and NLL before and
+        after temperature scaling}`` (``fit --calibrate``); ``{}`` without either."""
+        from .evaluate.calibration import split_figures
         from .evaluate.operating import at_threshold
 
+        out: dict[str, Any] = {}
         op = self.operating_point
-        if op is None or proba.shape[1] != 2:
-            return {}
-        return {"operating_point": {"rule": op["rule"], "positive_class": self.classes[1], **at_threshold(y_true, proba[:, 1], op["threshold"])}}
+        if op is not None and proba.shape[1] == 2:
+            out["operating_point"] = {"rule": op["rule"], "positive_class": self.classes[1], **at_threshold(y_true, proba[:, 1], op["threshold"])}
+        if self.info.get("calibration") and len(y_true):
+            out["calibration"] = split_figures(y_true, proba, self.temperature)
+        return out
 
     def evaluate(self, data: Any, **kw: Any) -> dict[str, Any]:
         """Metrics on labeled data (a dataset, splits' test set, or anything ``load_splits`` reads)."""
@@ -194,7 +211,7 @@ class Model:
 
         ds = _labeled(data, self.classes)
         proba = self.predict_proba(ds, task=self.task_of_labels(ds.labels), **kw)  # task-incremental: each item's own task
-        return {**classification_metrics(ds.labels, proba, self.classes), **self.threshold_metrics(ds.labels, proba)}
+        return {**classification_metrics(ds.labels, proba, self.classes), **self.decision_metrics(ds.labels, proba)}
 
     # --- persistence -----------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:

@@ -28,6 +28,8 @@ from .errors import HeadstartError
 
 STRATEGIES = ("linear", "finetune", "progressive", "auto")
 HEADS = ("logreg", "mlp", "bagging", "boosting", "stacking")
+CALIBRATIONS = ("temperature", "none")
+SAMPLERS = ("shuffle", "balanced")
 #: Heads fit by scikit-learn on cached features (headstart.heads.ensembles): --strategy linear only.
 FEATURE_ONLY_HEADS = ("bagging", "boosting", "stacking")
 
@@ -161,12 +163,16 @@ class HeadSettings:
     threshold: str | None = opt(
         None, "Binary runs: the decision threshold on the second class's probability, chosen on the validation split and stored in "
         "model.json (predict and evaluate use it): youden | sensitivity=S | specificity=S | f1 (e.g. sensitivity=0.95). Default: argmax.")
+    # Default chosen by measurement (benchmarks/calibration.py, results/calibration.json): see CALIBRATE_DEFAULT_WHY.
+    calibrate: str = opt("temperature", "Calibrate the probabilities on the validation split: temperature (one temperature fit by "
+                         "minimising the validation NLL, Guo et al. 2017; the argmax is unchanged) | none.")
 
     def __post_init__(self) -> None:
         _choice("head", self.kind, HEADS)
         _choice("class_weights", self.class_weights, (None, "balanced"))
         if self.threshold is not None:
             parse_threshold_rule(self.threshold)
+        _choice("calibrate", self.calibrate, CALIBRATIONS)
         _whole("hidden", self.hidden, 1)
         _fraction("dropout", self.dropout)
 
@@ -190,6 +196,8 @@ class TrainingSettings:
     backbone_lr: float | None = opt(None, "Learning rate of the top layer group (default lr/2; lower groups decay by --lr-decay).")
     lr_decay: float = opt(0.85, "Layer-wise learning-rate decay per group from the top (discriminative LRs).")
     freeze_epochs: int = opt(1, "Head warm-up epochs of the default finetune recipe.")
+    sampler: str = opt("shuffle", "Training batches of the loop (finetune, progressive, auto's fine-tuning): shuffle (each item once per "
+                       "epoch) | balanced (class-balanced sampling with replacement: every class equally likely in each batch).")
     augment: str | None = opt(None, "Training augmentation: none | light (random resized crop, flip) | strong (+ rotation, colour jitter). Default: none; auto fine-tunes with light.")
     schedule: str = opt("cosine", "Learning-rate schedule per stage: cosine (with warm-up) | onecycle.")
     label_smoothing: float = opt(0.0, "Label smoothing epsilon in [0, 1).")
@@ -203,6 +211,7 @@ class TrainingSettings:
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("augment", self.augment, (None, "none", "light", "strong"))
         _choice("schedule", self.schedule, ("cosine", "onecycle"))
+        _choice("sampler", self.sampler, SAMPLERS)
         _fraction("label_smoothing", self.label_smoothing)
         _whole("epochs", self.epochs, 1)
         _whole("batch_size", self.batch_size, 1)
@@ -361,6 +370,9 @@ class Settings:
         if self.head.kind in FEATURE_ONLY_HEADS and self.training.strategy != "linear":
             raise HeadstartError(f"The {self.head.kind!r} head is fit by scikit-learn on cached features and cannot train through the "
                                  f"backbone (--strategy {self.training.strategy}). Fix: --strategy linear, or --head logreg|mlp to fine-tune.")
+        if self.training.sampler == "balanced" and self.training.strategy == "linear":
+            raise HeadstartError("--sampler balanced draws the training loop's batches, and --strategy linear fits the probe on all cached "
+                                 "features at once. Fix: --class-weights balanced for the probe, or --strategy finetune|progressive|auto.")
 
     @classmethod
     def from_flat(cls, base: Settings | None = None, **values: Any) -> Settings:

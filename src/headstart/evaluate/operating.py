@@ -88,8 +88,28 @@ def check_binary(rule: str, classes: list[str]) -> None:
                              f"classes ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}). Fix: drop --threshold.")
 
 
-def fit_operating_point(model, val, rule: str, **predict_kw: Any) -> dict[str, Any]:
-    """:func:`operating_point` of ``model`` (anything with ``predict_proba`` and ``classes``) on the validation dataset ``val``."""
+def fit_decision(model, val, *, calibrate: str = "none", threshold: str | None = None, **predict_kw: Any) -> dict[str, Any]:
+    """What ``fit`` adds to ``model.info`` from the validation dataset ``val``: ``calibration``
+    (:func:`~.calibration.fit_calibration` on the head's validation logits) and then ``operating_point``
+    (:func:`operating_point`, chosen on the *calibrated* probabilities, so that the stored threshold is
+    on the scale ``predict_proba`` gives; temperature scaling keeps the order of ``p(classes[1])``, so the
+    validation decisions are the ones the uncalibrated probabilities would give). The features of
+    ``val`` are computed once for both. ``model``: a :class:`headstart.model.Model` (``features``,
+    ``logits_from_features``, ``predict_proba``); ``predict_kw``: its feature options."""
+    from .calibration import fit_calibration
+
+    out: dict[str, Any] = {}
+    if calibrate == "none" and threshold is None:
+        return out
     has_val = val is not None and len(val) > 0
-    proba = model.predict_proba(val, **predict_kw) if has_val else None
-    return operating_point(rule, val.labels if has_val else None, proba, model.classes)
+    feats = model.features(val, **predict_kw) if has_val else None
+    task = model.task_of_labels(val.labels) if has_val else None
+    if calibrate != "none":
+        logits = model.logits_from_features(feats, task=task).numpy() if has_val else None
+        cal = fit_calibration(calibrate, logits, val.labels if has_val else None)
+        if cal is not None:
+            out["calibration"] = model.info["calibration"] = cal  # predict_proba below uses it
+    if threshold is not None:
+        proba = model.proba_from_features(feats, task=task) if has_val else None
+        out["operating_point"] = operating_point(threshold, val.labels if has_val else None, proba, model.classes)
+    return out

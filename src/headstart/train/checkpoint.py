@@ -74,7 +74,26 @@ class EpochShuffle(RandomSampler):
         return iter(torch.randperm(len(self.data_source), generator=g).tolist())
 
 
-def make_loader(dataset: Any, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
-    """A ``DataLoader`` over ``dataset``; training loaders use :class:`EpochShuffle`."""
-    sampler = EpochShuffle(dataset, seed) if shuffle else None
+class EpochBalanced(EpochShuffle):
+    """Class-balanced sampling (``fit --sampler balanced``): ``len(labels)`` draws per epoch, with
+    replacement, item ``i`` with probability proportional to ``1 / count(labels[i])``, so that every
+    class is equally likely in each batch (minority items repeat, majority items are skipped at random);
+    the draws are a function of ``(seed, epoch)`` only, as :class:`EpochShuffle`'s order is."""
+
+    def __init__(self, data_source: Any, labels: Any, seed: int = 0):
+        super().__init__(data_source, seed)
+        y = torch.as_tensor(labels, dtype=torch.int64)
+        if len(y) != len(data_source):
+            raise ValueError(f"EpochBalanced needs one label per item; got {len(y)} labels for {len(data_source)} items.")
+        self.weights = (1.0 / torch.bincount(y).double())[y]
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.multinomial(self.weights, len(self.weights), replacement=True, generator=g).tolist())
+
+
+def make_loader(dataset: Any, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0, labels: Any = None) -> DataLoader:
+    """A ``DataLoader`` over ``dataset``; training loaders use :class:`EpochShuffle`, or with ``labels``
+    (one per item) :class:`EpochBalanced`."""
+    sampler = (EpochShuffle(dataset, seed) if labels is None else EpochBalanced(dataset, labels, seed)) if shuffle else None
     return DataLoader(dataset, batch_size=int(batch_size), sampler=sampler, num_workers=num_workers, persistent_workers=num_workers > 0)

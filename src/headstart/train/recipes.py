@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
@@ -166,6 +167,9 @@ def fit_in_loop(
     bounds = sorted({G - (s.unfreeze or 0) for s in stages if s.unfreeze is not None})
     staged = None
     eval_tf = bb.preprocessing.transform()
+    if tr.sampler == "balanced":  # class-balanced batches (train.checkpoint.EpochBalanced); validation batches stay as they are
+        make_loader = functools.partial(make_loader, labels=splits.train.labels)
+        info["sampler"] = "balanced"
     domains = method.data if method is not None else {}  # a method's extra data (a target domain) runs through the backbone too
     if method is not None:
         method.begin(splits, settings)
@@ -215,7 +219,7 @@ def fit_in_loop(
                 return cache_activations(bb, k, TorchDataset(ds, eval_tf), batch_size=batch_size, num_groups=G)
             return TorchDataset(ds, aug.transform(bb.preprocessing))
 
-        method.prepare({need: make_loader(method.items(need, domain_ds(ds)), batch_size, shuffle=True, seed=seed + 1, num_workers=num_workers) for need, ds in domains.items()},
+        method.prepare({need: make_loader(method.items(need, domain_ds(ds)), batch_size, shuffle=True, seed=seed + 1, num_workers=num_workers, labels=None) for need, ds in domains.items()},
                        num_features=bb.num_features, num_classes=len(splits.classes))
         info["method_data"] = {need: len(ds) for need, ds in domains.items()}
     val_loader = make_loader(val_ds, batch_size, shuffle=False, num_workers=num_workers) if val_ds is not None else None
