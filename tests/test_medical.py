@@ -284,6 +284,11 @@ def test_fit_calibrates_on_validation_and_predict_applies_it(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics["test"]["calibration"]) >= {"ece_before", "ece_after", "nll_before", "nll_after", "temperature"}
     assert "operating_point" in metrics["test"]
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "Operating point" in report and "Calibration" in report and "NPV" in report
+    assert (tmp_path / "run" / "plots" / "roc_operating_point.png").is_file() and (tmp_path / "run" / "plots" / "reliability.png").is_file()
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "## Operating point" in md and "## Calibration" in md and "validation (chosen on)" in md
     plain = headstart.fit(ds, backbone="tiny_cnn", val=0.3, test=0.2, runtime="torch", calibrate="none", save=False)
     assert "calibration" not in plain.info and plain.temperature == 1.0
     with pytest.raises(HeadstartError, match="'calibrate' parameter must be one of"):

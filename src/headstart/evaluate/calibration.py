@@ -59,6 +59,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, bounds: tuple[flo
     y = np.asarray(labels, dtype=np.int64)
     if z.ndim != 2 or len(z) != len(y) or len(y) == 0:
         raise ValueError(f"fit_temperature needs (n, K) logits and n labels, n > 0; got logits {z.shape} and {len(y)} labels.")
+    if (z.argmax(1) == y).all():  # no mistake to learn over-confidence from: the NLL falls forever as T -> 0
+        log.info("temperature scaling: every validation item is predicted right, so the NLL has no minimum; T = 1 (unscaled)")
+        return 1.0
     lo, hi = np.log(bounds[0]), np.log(bounds[1])
     res = minimize_scalar(lambda u: nll(z, y, np.exp(u)), bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
     t = float(np.exp(res.x))

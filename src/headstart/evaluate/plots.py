@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .calibration import unscaled_proba
 from .metrics import calibration_bins, expected_calibration_error
 from .run_data import RunRecord
 
@@ -166,25 +167,59 @@ def learning_curves_plot(history: list[dict[str, Any]], path: Path) -> Path | No
     return _save(fig, path)
 
 
-def reliability_plot(y_true: np.ndarray, proba: np.ndarray, path: Path) -> Path:
-    """Accuracy against mean confidence per equal-width bin, the diagonal, and the bin counts."""
+def reliability_plot(y_true: np.ndarray, proba: np.ndarray, path: Path, *, before: np.ndarray | None = None, temperature: float | None = None) -> Path:
+    """Accuracy against mean confidence per equal-width bin, the diagonal, and the bin counts; with
+    ``before`` (the probabilities before temperature scaling) two panels: before, and after (``proba``)."""
+    panels = [("before calibration", before), (f"after temperature scaling (T = {temperature:.2f})" if temperature else "after", proba)] if before is not None else [("", proba)]
+    fig = _figure(5.5 * len(panels), 5.5)
+    axes = fig.subplots(2, len(panels), height_ratios=(3, 1), sharex=True, squeeze=False)
+    for j, (name, p) in enumerate(panels):
+        _reliability_axes(axes[0, j], axes[1, j], y_true, p, name)
+    return _save(fig, path)
+
+
+def _reliability_axes(ax, ax_n, y_true: np.ndarray, proba: np.ndarray, name: str) -> None:
     bins = calibration_bins(y_true, proba)
     ece = expected_calibration_error(y_true, proba)
     edges, count = bins["edges"], bins["count"]
     centers = (edges[:-1] + edges[1:]) / 2
     width = edges[1] - edges[0]
-    fig = _figure(5.5, 5.5)
-    ax, ax_n = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
     used = count > 0
     ax.bar(centers[used], bins["accuracy"][used], width=width * 0.9, color="C0", edgecolor="C0", alpha=0.8, label="accuracy")
     ax.bar(centers[used], bins["confidence"][used] - bins["accuracy"][used], bottom=bins["accuracy"][used], width=width * 0.9,
            color="C3", alpha=0.25, hatch="//", edgecolor="C3", label="gap to confidence")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", label="perfect calibration")
-    ax.set(ylabel="accuracy", ylim=(0, 1.02), title=f"reliability (ECE {ece:.3f})")
+    ax.set(ylabel="accuracy", ylim=(0, 1.02), title=f"reliability{', ' + name if name else ''} (ECE {ece:.3f})")
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
     ax_n.bar(centers, count, width=width * 0.9, color="0.5")
     ax_n.set(xlabel="confidence (top probability)", ylabel="items", xlim=(0, 1))
+
+
+def roc_operating_point_plot(y_true: np.ndarray, p_pos: np.ndarray, threshold: float, positive: str, rule: str, path: Path) -> Path | None:
+    """The ROC curve of ``p(positive)`` with the operating point ``p >= threshold`` marked (its
+    sensitivity and specificity written beside it); ``None`` when ``y_true`` holds one class."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from .operating import at_threshold
+
+    y = np.asarray(y_true) == 1
+    if y.all() or not y.any():
+        return None
+    fpr, tpr, _ = roc_curve(y, p_pos)
+    at = at_threshold(y, p_pos, threshold)
+    fig = _figure(5.8, 5.4)
+    ax = fig.subplots()
+    ax.plot(fpr, tpr, color="C0", lw=1.8, label=f"ROC of p({positive}) (AUC {roc_auc_score(y, p_pos):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    x0, y0 = 1 - at["specificity"], at["sensitivity"]
+    ax.plot([x0], [y0], "o", ms=10, mfc="C3", mec="k", label=f"operating point ({rule}, threshold {threshold:.3f})")
+    ax.annotate(f"sensitivity {y0:.3f}\nspecificity {at['specificity']:.3f}", (x0, y0), xytext=(12, -30), textcoords="offset points", fontsize=9,
+                arrowprops={"arrowstyle": "-", "color": "0.4"})
+    ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)", title="ROC and the chosen operating point",
+           xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
@@ -284,7 +319,14 @@ def make_plots(rec: RunRecord, plots_dir: Path) -> tuple[dict[str, Path], list[s
         cm = confusion_matrix(preds.y_true, preds.y_pred, labels=np.arange(len(preds.classes)))
         attempt("confusion_matrix", lambda: confusion_matrix_plot(cm, preds.classes, plots_dir / "confusion_matrix.png"))
         attempt("roc_pr", lambda: roc_pr_plot(preds.y_true, preds.proba, preds.classes, plots_dir / "roc_pr.png"))
-        attempt("reliability", lambda: reliability_plot(preds.y_true, preds.proba, plots_dir / "reliability.png"))
+        info = rec.meta.get("info") or {}
+        t = (info.get("calibration") or {}).get("temperature")
+        before = None if t is None else unscaled_proba(preds.proba, t)  # predictions.csv holds the calibrated probabilities
+        attempt("reliability", lambda: reliability_plot(preds.y_true, preds.proba, plots_dir / "reliability.png", before=before, temperature=t))
+        op = info.get("operating_point")
+        if op and len(preds.classes) == 2:
+            attempt("roc_operating_point", lambda: roc_operating_point_plot(preds.y_true, preds.proba[:, 1], op["threshold"], preds.classes[1], op["rule"],
+                                                                            plots_dir / "roc_operating_point.png"))
     if rec.history:
         attempt("learning_curves", lambda: learning_curves_plot(rec.history, plots_dir / "learning_curves.png"))
     ex = rec.extras

@@ -29,6 +29,7 @@ import numpy as np
 
 from .diagnostics import diagnose
 from .metrics import HEADLINE, classification_metrics
+from .report_decision import decision_sections
 from .run_data import RunRecord, read_run
 
 log = logging.getLogger("headstart")
@@ -37,7 +38,7 @@ PLOT_TITLES = {
     "confusion_matrix": ("Confusion matrix", "Rows are the true classes, columns the predicted ones; left counts, right each row divided by its total (recall on the diagonal)."),
     "roc_pr": ("ROC and precision-recall curves", "One-vs-rest per class: the closer to the top-left (ROC) and top-right (precision-recall) corners, the better."),
     "learning_curves": ("Learning curves", "Training and validation loss and accuracy per epoch (or along the logistic-regression head's regularisation path)."),
-    "reliability": ("Reliability diagram", "Accuracy against confidence: bars on the diagonal mean the probabilities can be read as chances."),
+    "reliability": ("Reliability diagram", "Accuracy against confidence: bars on the diagonal mean the probabilities can be read as chances (a calibrated run: before and after temperature scaling)."),
     "embeddings": ("Map of the embeddings (t-SNE)", "The backbone's features of the evaluated items in 2-D (t-SNE of their first 50 principal components), coloured by true class; red circles mark mistakes."),
     "gallery": ("Most confidently wrong", "The mistakes the model was surest about: true class -> predicted class (confidence). Often mislabeled items or genuinely ambiguous ones."),
     "curve": ("Accuracy vs labels per class", "Test accuracy of each method against the number of labeled training images per class (mean over seeds; band: min-max)."),
@@ -336,6 +337,7 @@ def build_report(run_dir: str | Path) -> tuple[str, str, list[str]]:
         _diagnostics(doc, rec)
     if m is not None:
         _metrics_tables(doc, m, split)
+        decision_sections(doc, rec, plots, root)  # fit --threshold / --calibrate: operating point, ROC with it marked, ECE/NLL before/after
     if rec.metrics.get("target_test"):
         _target_domain(doc, rec)
     if rec.metrics.get("continual"):
