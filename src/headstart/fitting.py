@@ -142,6 +142,8 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
             f"The data holds {kind}s but backbone {backbone!r} is {'an image' if kind == 'text' else 'a text'} backbone. "
             f"Fix: pass a {kind} backbone with --backbone (see 'headstart backbones --modality {kind}')."
         )
+    from .features.fitted import fit_on_train  # TF-IDF (and hybrids with it): vocabulary from the training split only
+    fit_on_train(bb, splits.train, batch_size=tr.batch_size, runtime=b.runtime, cache=b.cache)
     if splits.train.modality == "image":
         # auto probes at the probe's size; _auto moves to the training size if it fine-tunes
         size = (cont.input_size() if cont is not None and d.image_size == "auto"  # the size the old head was trained at
@@ -255,6 +257,9 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         timings["predict"] = time.perf_counter() - t
         split_name = "test" if eval_ds is splits.test else "val"
         metrics[split_name] = {**classification_metrics(eval_ds.labels, proba, classes), **model.decision_metrics(eval_ds.labels, proba)}
+        if splits.train.modality == "text":  # the bag-of-words baseline on the same split, beside the run's figures
+            from .backbones.tfidf import sparse_baseline
+            metrics["sparse_baseline"] = {"split": split_name, **sparse_baseline(splits.train.items, splits.train.labels, eval_ds.items, eval_ds.labels)}
         if cont is not None:
             metrics["continual"] = cont.measures(eval_ds.labels, proba)
         metrics.update(method.run_metrics(model, eval_ds, proba, s) if method is not None else {})  # e.g. distill: teacher vs student

@@ -87,7 +87,7 @@ def register_family(
 
 def _ensure_builtins() -> None:
     # Importing the modules runs their @register_* decorators.
-    from . import efficientnet, run_backbone, scratch, text, timm_backbone  # noqa: F401
+    from . import efficientnet, run_backbone, scratch, text, tfidf, timm_backbone  # noqa: F401
 
 
 def create_backbone(
@@ -96,7 +96,8 @@ def create_backbone(
     """Build a backbone by name.
 
     ``name`` is a registered name (see :func:`list_backbones`), ``timm:<model>`` or ``run:<folder>``
-    (a bare path to a run folder works too). ``pretrained=False`` builds the architecture with
+    (a bare path to a run folder works too), or text backbones joined by ``+`` (a hybrid, e.g.
+    ``minilm_l6+tfidf``: :mod:`.hybrid`). ``pretrained=False`` builds the architecture with
     random weights; ``weights`` loads a local file or folder instead of the default source.
     """
     _ensure_builtins()
@@ -104,6 +105,10 @@ def create_backbone(
         raise BackboneError(f"A backbone name must be a non-empty string; got {name!r}.")
     if name in _REGISTRY and not _REGISTRY[name].family:
         return _REGISTRY[name].factory(pretrained=pretrained, weights=weights, **kwargs)
+    if "+" in name:  # a hybrid of text backbones, e.g. minilm_l6+tfidf
+        from .hybrid import create_hybrid
+
+        return create_hybrid(name, pretrained=pretrained, weights=weights, **kwargs)
     prefix, sep, arg = name.partition(":")
     if sep and prefix + ":" in _REGISTRY:
         if not arg:
@@ -118,7 +123,7 @@ def create_backbone(
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise BackboneError(
         f"Unknown backbone {name!r}.{hint} Known backbones: {', '.join(sorted(known))}; "
-        f"or use 'timm:<model name>' for any timm model, or 'run:<folder>' for a previous headstart run. "
+        f"or use 'timm:<model name>' for any timm model, 'run:<folder>' for a previous headstart run, or 'a+b' to join text backbones. "
         f"Run 'headstart backbones' to see them all."
     )
 

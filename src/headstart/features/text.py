@@ -287,6 +287,16 @@ def extract_text_features(
     from .extract import _eval_mode, _progress_bar
     from ..backbones.text import warn_truncated
 
+    parts = getattr(backbone, "parts", None)
+    if parts is not None:  # a hybrid: each part through its own runtime and cache, scaled, side by side
+        out, col = np.empty((len(dataset), int(backbone.num_features)), dtype=np.float32), 0
+        for p, s in zip(parts, backbone.scales.tolist()):
+            x = extract_text_features(p, dataset, batch_size=batch_size, runtime=runtime, cache=cache, cache_dir=cache_dir, progress=progress)
+            out[:, col : col + x.shape[1]] = x * np.float32(s)
+            col += x.shape[1]
+        return out
+    if hasattr(backbone, "transform_texts"):  # TF-IDF: scikit-learn's transform, cheap, not cached
+        return backbone.transform_texts(dataset.items)
     t0 = time.perf_counter()
     n, dim = len(dataset), int(backbone.num_features)
     out = np.empty((n, dim), dtype=np.float32)

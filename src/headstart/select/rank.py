@@ -221,6 +221,7 @@ def rank_backbones(
     from ..backbones import create_backbone
     from ..data import load_splits
     from ..features import extract_features
+    from ..features.fitted import fit_on_train
 
     names = _split_names(backbones)
     primary, score_names = resolve_scores(score)
@@ -251,6 +252,7 @@ def rank_backbones(
                 "or rank backbones with a classifier (efficientnet_lite0/1/2, timm:<name>, run:<folder>)."
             )
         t = time.perf_counter()
+        fit_on_train(bb, train, batch_size=batch_size, runtime=runtime, cache=cache)  # tfidf: the training split's vocabulary
         feats = extract_features(bb, train, batch_size=batch_size, runtime=runtime, cache=cache, progress=progress)
         extract_s = time.perf_counter() - t
         proba = source_proba(name, bb, feats) if needs_source and has_source else None
