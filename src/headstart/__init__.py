@@ -15,7 +15,7 @@ too). Bottom to top, as :data:`LAYERS` lists them (``|`` joins the units of one 
 import each other)::
 
     errors | _io | _util -> data | methods -> settings -> backbones -> heads | features -> train -> evaluate | run_folder
-    -> model -> select | gap | continual | ensemble | export -> fitting -> experiments | demo -> cli
+    -> model -> select | gap | continual | ensemble | export | explaining -> fitting -> experiments | demo -> cli
 
 - ``errors``, ``_io``, ``_util``: exceptions; atomic writes and file hashes; CPU cores and the
   weights hash that backbones and features share. They import nothing of headstart.
@@ -35,7 +35,8 @@ import each other)::
   ``ensemble``: several runs as one model (``headstart ensemble``), and ``headstart.load``, which
   opens a run folder or an ensemble folder; ``export``: a run's classifier as one ONNX graph (fp32,
   INT8), checked against the run on its validation images (``headstart export``), and
-  ``export.OnnxClassifier``, which predicts from that graph without torch.
+  ``export.OnnxClassifier``, which predicts from that graph without torch; ``explaining``: Grad-CAM
+  heat maps of a run over images (``headstart explain``), through ``model``.
 - ``fitting``: ``fit``. ``experiments``: what calls ``fit`` many times (``headstart curve``);
   ``demo``. ``cli``: thin commands over all of these.
 
@@ -67,7 +68,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("train",),
     ("evaluate", "run_folder"),
     ("model",),
-    ("select", "gap", "continual", "ensemble", "export"),
+    ("select", "gap", "continual", "ensemble", "export", "explaining"),
     ("fitting",),
     ("experiments", "demo"),
     ("cli",),
@@ -85,6 +86,7 @@ _EXPORTS = {
     "rank_backbones": "headstart.select",
     "domain_gap": "headstart.gap",
     "export_run": "headstart.export",
+    "explain": "headstart.explaining",
     "load_splits": "headstart.data",
     "make_shapes": "headstart.data",
     "LabeledDataset": "headstart.data",

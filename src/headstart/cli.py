@@ -295,6 +295,21 @@ def report(run: Path = typer.Argument(..., help="A run folder written by 'headst
 
 
 @app.command()
+def explain(
+    run: Path = typer.Argument(..., help="A run folder written by 'headstart fit' (an image run)."),
+    images: List[Path] = typer.Argument(..., help="Image files to explain."),
+    class_name: Optional[str] = typer.Option(None, "--class", help="The class to explain for every image (default: each image's predicted class)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the overlays (IMAGE.CLASS.METHOD.png) and explain.json."),
+    method: str = typer.Option("gradcam", "--method", help="gradcam (Selvaraju et al. 2017) | gradcam++ (Chattopadhay et al. 2018)."),
+) -> None:
+    """Grad-CAM heat maps: where in each image the run's score for a class comes from (the backbone's last convolution)."""
+    from .explaining import explain as explain_run
+
+    for r in explain_run(run, images, class_name=class_name, out=out, method=method):
+        print(f"{r['image']}: {r['class']} ({r['probability']:.3f}) -> {r['file']}")
+
+
+@app.command()
 def compare(
     runs: List[Path] = typer.Argument(..., help="Run folders written by 'headstart fit'."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write OUT.csv and OUT.md."),
