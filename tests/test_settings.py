@@ -27,7 +27,7 @@ NON_DEFAULT = {
     "backbone": ("tiny_cnn", ["-b", "tiny_cnn"]), "candidates": ("tiny_cnn,scratch_cnn", ["--candidates", "tiny_cnn,scratch_cnn"]),
     "weights": ("w.safetensors", ["--weights", "w.safetensors"]), "runtime": ("torch", ["--runtime", "torch"]), "cache": (False, ["--no-cache"]),
     "head": ("mlp", ["--head", "mlp"]), "hidden": (64, ["--hidden", "64"]), "dropout": (0.1, ["--dropout", "0.1"]),
-    "class_weights": ("balanced", ["--class-weights", "balanced"]), "threshold": ("youden", ["--threshold", "youden"]), "calibrate": ("none", ["--calibrate", "none"]),
+    "class_weights": ("balanced", ["--class-weights", "balanced"]), "threshold": ("youden", ["--threshold", "youden"]), "calibrate": ("temperature", ["--calibrate", "temperature"]),
     "sampler": ("balanced", ["--sampler", "balanced", "-s", "finetune"]), "strategy": ("finetune", ["-s", "finetune"]), "seed": (3, ["--seed", "3"]),
     "epochs": (7, ["--epochs", "7"]), "lr": (3e-4, ["--lr", "3e-4"]), "batch_size": (16, ["--batch-size", "16"]), "patience": (2, ["--patience", "2"]),
     "unfreeze": (2, ["--unfreeze", "2"]), "backbone_lr": (1e-5, ["--backbone-lr", "1e-5"]), "lr_decay": (0.7, ["--lr-decay", "0.7"]),
