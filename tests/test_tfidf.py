@@ -115,6 +115,7 @@ def test_tfidf_run_round_trip_in_a_fresh_process(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     base = metrics["sparse_baseline"]
     assert base["model"].startswith("TF-IDF") and 0.0 <= base["accuracy"] <= 1.0 and base["n_test"] == 6
+    assert "Bag-of-words baseline" in (run / "report.md").read_text(encoding="utf-8")  # beside the run's figures
     texts = ["great value, works perfectly", "terrible, do not buy", "zyzzyva"]
     expect = model.predict_proba(texts)
     code = ("import json, sys; import headstart; m = headstart.load(sys.argv[1]); "

@@ -154,6 +154,14 @@ def _metrics_tables(doc: _Doc, m: dict[str, Any], split: str) -> None:
     doc.table(["class", "precision", "recall", "F1", "support", "ROC-AUC (1-vs-rest)", "PR-AUC (1-vs-rest)"], rows, numeric={1, 2, 3, 4, 5, 6})
 
 
+def _sparse_baseline(doc: _Doc, b: dict[str, Any], m: dict[str, Any] | None) -> None:
+    """A text run's bag-of-words baseline (``fit`` trained it on the run's training split): its accuracy beside the run's."""
+    doc.h(2, "Bag-of-words baseline", "baseline")
+    run = f"; this run {m['accuracy']:.3f} ({100 * (m['accuracy'] - b['accuracy']):+.1f} points)" if m is not None and "accuracy" in m else ""
+    doc.p(f"{b['model']}, trained on this run's {b.get('n_train', '?')} training texts: accuracy {b['accuracy']:.3f} on the same "
+          f"{b.get('n_test', '?')} {b.get('split', 'test')} texts{run}. A pretrained encoder that does not beat it is not worth its cost.")
+
+
 def _target_domain(doc: _Doc, rec: RunRecord) -> None:
     """Source and target figures side by side: the labeled target (--target-test) before and after training."""
     m = rec.metrics
@@ -338,6 +346,8 @@ def build_report(run_dir: str | Path) -> tuple[str, str, list[str]]:
     if m is not None:
         _metrics_tables(doc, m, split)
         decision_sections(doc, rec, plots, root)  # fit --threshold / --calibrate: operating point, ROC with it marked, ECE/NLL before/after
+    if (rec.metrics.get("sparse_baseline") or {}).get("accuracy") is not None:
+        _sparse_baseline(doc, rec.metrics["sparse_baseline"], m)
     if rec.metrics.get("target_test"):
         _target_domain(doc, rec)
     if rec.metrics.get("continual"):
