@@ -146,3 +146,64 @@ def test_classifier_imports_no_torch(exported):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "red" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def pruned(run, tmp_path_factory):
+    return export_run(run, prune=0.5, prune_epochs=1, quantize="int8", out=tmp_path_factory.mktemp("pruned") / "x", calibration=DATA)
+
+
+def test_prune_removes_channels_and_the_graph_matches_the_pruned_model(pruned, run):
+    p = pruned.report["prune"]
+    assert p["amount"] == 0.5 and p["params"][1] < p["params"][0] and p["macs"][1] < p["macs"][0]
+    assert set(pruned.rows) == {"torch_fp32", "torch_pruned", "onnx_pruned_fp32", "onnx_pruned_int8"}
+    assert pruned.rows["onnx_pruned_fp32"]["max_abs_diff"] <= 1e-4  # against the pruned eager model
+    assert pruned.rows["torch_pruned"]["accuracy"] >= pruned.rows["torch_fp32"]["accuracy"] - 0.02
+    assert p["finetune"]["epochs"] == 1 and p["finetune"]["train_items"] == len(DATA.train)
+    import onnx
+
+    graph = onnx.load(str(pruned.out / "model.onnx"))
+    assert sum(int(np.prod(t.dims)) for t in graph.graph.initializer) < p["params"][0]  # fewer weights in the file, not zeros
+    pre = json.loads((pruned.out / "preprocessing.json").read_text())
+    assert pre["pruned"]["amount"] == 0.5
+    clf = OnnxClassifier(pruned.out, precision="fp32")
+    assert clf.predict(list(DATA.val.items)) == [DATA.classes[i] for i in DATA.val.labels]
+
+
+def test_prune_bad_inputs(run, tmp_path, monkeypatch):
+    for bad in (0, 1, 1.5, -0.2, "lots"):
+        with pytest.raises(HeadstartError, match="between 0 and 1"):
+            export_run(run, prune=bad, out=tmp_path / "x", calibration=DATA)
+    with pytest.raises(DataError, match="calibration=Splits"):  # in-memory data, only validation images given: nothing to fine-tune on
+        export_run(run, prune=0.3, out=tmp_path / "x", calibration=DATA.val)
+    with pytest.raises(HeadstartError, match="--prune-epochs must be at least 1"):
+        export_run(run, prune=0.3, prune_epochs=0, out=tmp_path / "x", calibration=DATA)
+    with pytest.raises(HeadstartError, match="--max-accuracy-drop"):
+        export_run(run, prune=0.5, prune_epochs=1, out=tmp_path / "x", calibration=DATA, max_accuracy_drop=-1.0)
+    assert not (tmp_path / "x").exists()
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)  # not installed
+    with pytest.raises(HeadstartError, match="pip install 'torch-pruning==1.6.1'"):
+        export_run(run, prune=0.3, out=tmp_path / "x", calibration=DATA)
+
+
+def test_openvino_export(run, tmp_path):
+    res = export_run(run, format="openvino", quantize="int8", out=tmp_path / "ov", calibration=DATA)
+    assert set(res.rows) == {"torch_fp32", "openvino_fp32", "openvino_int8"}
+    assert res.rows["openvino_fp32"]["max_abs_diff"] <= 1e-4 and res.rows["openvino_int8"]["agreement"] >= 0.99
+    assert {p.name for p in res.out.iterdir()} == {"model.xml", "model.bin", "model_int8.xml", "model_int8.bin", "preprocessing.json", "export.json"}
+    model = headstart.load(run)
+    clf = OnnxClassifier(res.out, precision="fp32")  # the torch-free classifier (and so headstart serve) runs the IR in OpenVINO
+    np.testing.assert_allclose(clf.predict_proba(list(DATA.val.items)), model.predict_proba(DATA.val, runtime="torch"), atol=2e-2)
+    x = np.stack([clf.preprocess(im) for im in DATA.test.items[:5]])
+    assert clf.session.run(None, {"images": x})[0].shape == (5, 3)  # dynamic batch
+
+
+def test_the_runs_report_shows_its_exports(exported, pruned, run):
+    from headstart.evaluate.export_table import read_exports
+    from headstart.evaluate.report import build_report
+
+    recorded = read_exports(run)
+    assert str(exported.out.resolve()) in recorded and recorded[str(pruned.out.resolve())]["prune"]["amount"] == 0.5
+    html, md, _ = build_report(run)
+    assert 'id="exports"' in html and "onnx_int8" in html and "onnx_pruned_fp32" in html and "Pruning removed 50%" in html
+    assert "| onnx_pruned_int8 |" in md

@@ -486,18 +486,22 @@ def _print_gap(res) -> None:
 @app.command()
 def export(
     run: Path = typer.Argument(..., help="A run folder written by 'headstart fit' (image runs)."),
-    format: str = typer.Option("onnx", "--format", help="Export format: onnx."),
+    format: str = typer.Option("onnx", "--format", help="Export format: onnx (model.onnx) or openvino (model.xml + model.bin)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="Also write an INT8 model (ONNX Runtime static quantization): int8."),
-    out: Path = typer.Option(..., "--out", help="Folder for model.onnx, preprocessing.json and export.json."),
+    prune: Optional[float] = typer.Option(None, "--prune", help="Remove this share of the channels (0-1, e.g. 0.3; torch-pruning) and fine-tune on the run's training split before exporting."),
+    prune_epochs: Optional[int] = typer.Option(None, "--prune-epochs", help="Fine-tuning epochs after --prune (default 6)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the model, preprocessing.json and export.json."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Labeled images to calibrate and check on (default: the run's validation split)."),
-    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="INT8: lowest top-1 agreement with the run accepted (default 0.99)."),
-    max_diff: Optional[float] = typer.Option(None, "--max-diff", help="fp32: largest |logit difference| to the run accepted (default 1e-3)."),
+    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="INT8: lowest top-1 agreement with the fp32 model accepted (default 0.99)."),
+    max_diff: Optional[float] = typer.Option(None, "--max-diff", help="fp32: largest |logit difference| to eager torch accepted (default 1e-3)."),
+    max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="--prune: largest validation accuracy loss accepted (default 0.02)."),
 ) -> None:
-    """Export a run as one ONNX graph (backbone + head; optionally INT8), checked against the run, with a speed table."""
+    """Export a run as one graph (backbone + head; optionally pruned, INT8), checked against the run, with a speed table."""
     from .export import export_run
     from .export.onnx import format_table
 
-    res = export_run(run, format=format, quantize=quantize, out=out, calibration=calibration, min_agreement=min_agreement, max_diff=max_diff)
+    res = export_run(run, format=format, quantize=quantize, prune=prune, prune_epochs=prune_epochs, out=out, calibration=calibration,
+                     min_agreement=min_agreement, max_diff=max_diff, max_accuracy_drop=max_accuracy_drop)
     t = res.report["timing"]
     print(f"checked on {res.report['checked_on']['n']} images ({res.report['checked_on']['data']}); batch {t['batch_size']}, {t['threads']} threads")
     cols = ["model", "MB", "images/s", "vs torch", "accuracy", "agreement", "max |diff|"]

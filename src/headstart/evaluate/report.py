@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .diagnostics import diagnose
+from .export_table import export_section
 from .metrics import HEADLINE, classification_metrics
 from .report_decision import decision_sections
 from .run_data import RunRecord, read_run
@@ -356,6 +357,7 @@ def build_report(run_dir: str | Path) -> tuple[str, str, list[str]]:
         _distill(doc, rec)
     if "ensemble" in rec.metrics:
         _ensemble(doc, rec)
+    export_section(doc, root)  # headstart export: size / speed / accuracy of each export (RUN/exports.json), when there are any
     shown = [k for k in PLOT_TITLES if k in plots and k != "curve"]
     if shown or (rec.predictions is not None and rec.modality == "text"):
         doc.h(2, "Plots", "plots")

@@ -1,6 +1,7 @@
 """Predicting from an export folder (``model.onnx`` + ``preprocessing.json``) without torch or training code.
 
-Only onnxruntime, numpy and Pillow are imported (``tests/test_export.py`` checks ``sys.modules`` in
+An OpenVINO export (``model.xml``, ``--format openvino``) runs in OpenVINO instead of ONNX Runtime.
+Only onnxruntime (or openvino), numpy and Pillow are imported (``tests/test_export.py`` checks ``sys.modules`` in
 a fresh process). The preprocessing follows ``preprocessing.json``: RGB, resize (``crop_pct`` < 1:
 short side to ``round(min(h, w) / crop_pct)`` then a centre crop; else straight to ``(h, w)``) with
 Pillow's filter of the recorded interpolation, scale to [0, 1], ``(x - mean) / std``, NCHW float32.
@@ -46,7 +47,13 @@ class OnnxClassifier:
                                  "or re-export with --quantize int8.")
         self.precision = precision
         self.classes: list[str] = list(self.meta["classes"])
-        self.session = ort_session(folder / models[precision], threads)
+        path = folder / models[precision]
+        if path.suffix == ".xml":  # an OpenVINO IR (--format openvino): OpenVINO's runtime, imported only here
+            from .openvino import OpenVinoSession
+
+            self.session = OpenVinoSession(path, threads)
+        else:
+            self.session = ort_session(path, threads)
         self.input_name = self.meta["input"]["name"]
         self.batch_size = batch_size
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import platform
 import shutil
 import tempfile
@@ -31,7 +32,7 @@ from ..features.runtime import OPSET, OnnxRunner, TorchRunner
 from .classifier import PREPROCESSING_FORMAT
 from .quantize import QUANT_FORMAT, quantize_int8
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "openvino")
 QUANTIZE = ("int8",)
 MAX_DIFF_FP32 = 1e-3
 MIN_AGREEMENT_INT8 = 0.99
@@ -39,6 +40,7 @@ MAX_ITEMS = 1000  # parity images at most (the first of the split)
 MAX_CALIBRATION = 256
 BATCH = 32
 TIME_REPS = 10
+log = logging.getLogger("headstart")
 
 
 @dataclass
@@ -180,30 +182,41 @@ def _speed(fn, x) -> float:
     return len(x) / float(np.median(times))
 
 
-def _row(path: Path, logits: np.ndarray, ref: np.ndarray, y: np.ndarray, speed: float) -> dict[str, Any]:
-    return {"file": path.name, "size_mb": round(path.stat().st_size / 2**20, 3), "images_per_s": round(speed, 1),
+def _row(path: Path | None, logits: np.ndarray, ref: np.ndarray, y: np.ndarray, speed: float, *, src: np.ndarray | None = None,
+         module: nn.Module | None = None) -> dict[str, Any]:
+    """A table row: accuracy and top-1 agreement against the run (``ref``), max |diff| against the eager model it was made from (``src``)."""
+    src = ref if src is None else src
+    if path is not None:
+        name, mb = path.name, sum(p.stat().st_size for p in (path, path.with_suffix(".bin")) if p.is_file()) / 2**20
+    else:  # an in-memory module: its fp32 tensors
+        name, mb = "(eager torch, in memory)", sum(t.numel() * t.element_size() for t in module.state_dict().values()) / 2**20
+    return {"file": name, "size_mb": round(mb, 3), "images_per_s": round(speed, 1),
             "accuracy": round(float((logits.argmax(1) == y).mean()), 4), "agreement": round(float((logits.argmax(1) == ref.argmax(1)).mean()), 4),
-            "max_abs_diff": float(np.abs(logits - ref).max())}
+            "max_abs_diff": float(np.abs(logits - src).max())}
 
 
-def export_run(run: str | Path, *, format: str = "onnx", quantize: str | None = None, out: str | Path, calibration: Any = None,
-               min_agreement: float | None = None, max_diff: float | None = None, quant_format: str = QUANT_FORMAT,
-               threads: int | None = None) -> ExportResult:
+def export_run(run: str | Path, *, format: str = "onnx", quantize: str | None = None, prune: float | None = None, prune_epochs: int | None = None,
+               out: str | Path, calibration: Any = None, min_agreement: float | None = None, max_diff: float | None = None,
+               max_accuracy_drop: float | None = None, quant_format: str = QUANT_FORMAT, threads: int | None = None) -> ExportResult:
     """Export the run in ``run`` to ``out`` (see the package doc); returns the folder and ``export.json``'s content."""
     from ..model import load
+    from .prune import DEFAULT_EPOCHS, MAX_ACCURACY_DROP_PRUNED, check_amount, check_installed
 
     if format not in FORMATS:
-        raise HeadstartError(f"The export format must be one of {set(FORMATS)}; got {format!r}. (OpenVINO, serving and pruning are not built.)")
+        raise HeadstartError(f"The export format must be one of {set(FORMATS)}; got {format!r}.")
     if quantize is not None and quantize not in QUANTIZE:
         raise HeadstartError(f"--quantize must be one of {set(QUANTIZE)} (or left out for fp32 only); got {quantize!r}.")
+    if prune is not None:
+        prune = check_amount(prune)
+        check_installed()  # torch-pruning missing: say so before any work
     run, out = Path(run), Path(out)
     if (run / "ensemble.json").is_file():
         raise RunFolderError(f"{str(run)!r} is an ensemble folder; export takes one run folder (exporting ensembles is not built). Fix: export a member run.")
     meta_path = run / "model.json"
     if meta_path.is_file() and json.loads(meta_path.read_text(encoding="utf-8")).get("modality") == "text":
-        raise HeadstartError(f"{str(run)!r} is a text run; export handles image runs only (text export, with its tokenizer, is not built). "
-                             "Fix: export an image run, or use the run with 'headstart predict'.")
-    if (out / "model.onnx").exists() or (out / "model.json").exists():
+        raise HeadstartError(f"{str(run)!r} is a text run; export handles image runs only (text export and pruning, with its "
+                             "tokenizer, are not built). Fix: export an image run, or use the run with 'headstart predict'.")
+    if any((out / f).exists() for f in ("model.onnx", "model.xml", "model.json")):
         raise HeadstartError(f"{str(out)!r} already holds an export or a run; choose another --out or remove it first.")
     model = load(run)  # a missing or damaged run folder: its RunFolderError names the fix
     if model.tasks is not None:
@@ -217,12 +230,21 @@ def export_run(run: str | Path, *, format: str = "onnx", quantize: str | None = 
     y = np.asarray(ds.labels[:n])
     threads = threads or available_cores()
     clf = Classifier(model.backbone, model.head).eval()
-    export_module = _static_same_padding(clf, size)
+    max_diff = max_diff if max_diff is not None else MAX_DIFF_FP32
+    min_agreement = min_agreement if min_agreement is not None else MIN_AGREEMENT_INT8
+    max_drop = max_accuracy_drop if max_accuracy_drop is not None else MAX_ACCURACY_DROP_PRUNED
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)  # the same thread count as ONNX Runtime's sessions; restored below
     try:
         with torch.inference_mode():
             ref = np.concatenate([clf(x).numpy() for x in batches])
+        source, pruning = clf, None
+        if prune is not None:  # the pruned, retrained model is what gets exported; its rows are checked against the run
+            source, pruning = _pruned(run, model, clf, calibration, prune, prune_epochs if prune_epochs is not None else DEFAULT_EPOCHS, size)
+            torch.set_num_threads(threads)
+        with torch.inference_mode():
+            src_ref = ref if source is clf else np.concatenate([source(x).numpy() for x in batches])
+        export_module = _static_same_padding(source, size)
         with tempfile.TemporaryDirectory(prefix="headstart-export-") as tmp:
             tmp = Path(tmp)
             fp32 = tmp / "model.onnx"
@@ -235,54 +257,146 @@ def export_run(run: str | Path, *, format: str = "onnx", quantize: str | None = 
             if quantize == "int8":
                 quantize_int8(fp32, tmp / "model_int8.onnx", [x.numpy() for x in batches][: -(-MAX_CALIBRATION // BATCH)], quant_format=quant_format)
                 files["int8"] = tmp / "model_int8.onnx"
+            if format == "openvino":
+                from .openvino import onnx_to_ir
+
+                files = {k: onnx_to_ir(p, p.with_suffix(".xml")) for k, p in files.items()}
             timing = torch.cat(batches)[:BATCH]
             if len(timing) < BATCH:
                 timing = timing.repeat(-(-BATCH // len(timing)), 1, 1, 1)[:BATCH]
-            torch_runner = TorchRunner(clf, torch.device("cpu"))
-            rows = {"torch_fp32": _row(run / "model.safetensors", ref, ref, y, _speed(torch_runner, timing))}
-            for key, path in files.items():
-                runner = OnnxRunner(path, chunk=BATCH, threads=threads)
-                logits = np.concatenate([runner(x) for x in batches])
-                rows[f"onnx_{key}"] = _row(path, logits, ref, y, _speed(runner, timing))
+            rows = {"torch_fp32": _row(run / "model.safetensors", ref, ref, y, _speed(TorchRunner(clf, torch.device("cpu")), timing))}
             rows["torch_fp32"]["file"] = "model.safetensors (run)"
-            _check(rows, max_diff if max_diff is not None else MAX_DIFF_FP32, min_agreement if min_agreement is not None else MIN_AGREEMENT_INT8)
+            if pruning is not None:
+                rows["torch_pruned"] = _row(None, src_ref, ref, y, _speed(TorchRunner(source, torch.device("cpu")), timing), module=source)
+            agree_src = {}
+            for key, path in files.items():
+                runner = OnnxRunner(path, chunk=BATCH, threads=threads) if format == "onnx" else OpenVinoSessionRunner(path, threads)
+                logits = np.concatenate([runner(x) for x in batches])
+                name = f"{format}_{'pruned_' if pruning is not None else ''}{key}"
+                rows[name] = _row(path, logits, ref, y, _speed(runner, timing), src=src_ref)
+                agree_src[key] = (name, float((logits.argmax(1) == src_ref.argmax(1)).mean()))
+            _check(rows, agree_src, max_diff * max(1.0, float(np.abs(src_ref).max())), min_agreement, pruning, max_drop)
             report = {
                 "run": str(run), "format": format, "quantize": quantize, "quant_format": quant_format if quantize else None,
+                "prune": pruning,
                 "checked_on": {"data": what, "n": int(n), "calibration_n": int(min(n, MAX_CALIBRATION)) if quantize else 0},
-                "thresholds": {"fp32_max_abs_diff": max_diff if max_diff is not None else MAX_DIFF_FP32,
-                               "int8_min_agreement": min_agreement if min_agreement is not None else MIN_AGREEMENT_INT8},
+                "thresholds": {"fp32_max_abs_diff": max_diff, "fp32_rule": "max |diff| <= fp32_max_abs_diff * max(1, max |eager logit|)",
+                               "int8_min_agreement": min_agreement,
+                               **({"pruned_max_accuracy_drop": max_drop} if pruning is not None else {})},
                 "timing": {"batch_size": BATCH, "threads": threads, "cpu": platform.processor() or platform.machine(), "warmup_runs": 2,
                            "statistic": "median over >= 10 runs and >= 1 s"},
                 "rows": rows,
-                "versions": _versions(),
+                "versions": _versions(format),
             }
             out.mkdir(parents=True, exist_ok=True)
             for key, path in files.items():
-                shutil.move(str(path), out / path.name)
-            write_json(out / "preprocessing.json", _preprocessing(model, size, {k: p.name for k, p in files.items()}))
+                for p in (path, path.with_suffix(".bin")) if format == "openvino" else (path,):
+                    shutil.move(str(p), out / p.name)
+            write_json(out / "preprocessing.json", _preprocessing(model, size, {k: p.name for k, p in files.items()}, pruning))
             write_json(out / "export.json", report)
     finally:
         torch.set_num_threads(old_threads)
+    record_export(run, out, report)
     return ExportResult(out, report)
 
 
-def _check(rows: dict, max_diff: float, min_agreement: float) -> None:
-    fp = rows["onnx_fp32"]
+class OpenVinoSessionRunner:
+    """An OpenVINO export timed and checked like :class:`OnnxRunner` (torch batch in, logits out)."""
+
+    name = "openvino"
+
+    def __init__(self, path: Path, threads: int):
+        from .openvino import OpenVinoSession
+
+        self.session = OpenVinoSession(path, threads)
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        return self.session.run(None, {"images": x.numpy()})[0]
+
+
+def _pruned(run: Path, model: Any, clf: nn.Module, calibration: Any, amount: float, epochs: int, size: tuple[int, int]) -> tuple[nn.Module, dict]:
+    """The run's classifier with ``amount`` of its channels pruned and retrained on the run's training split."""
+    from ..settings import Settings
+    from .prune import finetune_pruned, prune_classifier
+
+    splits = _train_splits(run, model.classes, calibration)
+    settings = Settings()
+    if (run / "config.yaml").is_file():
+        from ..run_folder import read_config
+
+        settings = read_config(run / "config.yaml")[1]
+    name = model.info.get("backbone") or model.backbone.describe()["spec"]["name"]
+    pruned, info = prune_classifier(clf, amount, torch.zeros(2, 3, *size), what=f"The backbone {name!r}")
+    info["finetune"] = finetune_pruned(pruned, splits, settings, epochs=epochs)
+    return pruned, info
+
+
+def _train_splits(run: Path, classes: list[str], calibration: Any) -> Splits:
+    """The splits the pruned model is retrained on: ``calibration`` when it is a :class:`Splits`, else the run's recorded data."""
+    from ..data import load_splits
+    from ..run_folder import read_config
+
+    sp = calibration if isinstance(calibration, Splits) else None
+    if sp is None and (run / "config.yaml").is_file():
+        data, s = read_config(run / "config.yaml")
+        if data is not None:
+            try:
+                sp = load_splits(data, val=s.data.val, test=s.data.test, seed=s.training.seed, strict=s.data.strict)
+            except (OSError, DataError) as e:
+                raise DataError(f"--prune retrains on the run's training data, which cannot be read ({e}). Fix: restore {data!r}, "
+                                "or export without --prune.") from None
+    if sp is None:
+        raise DataError(f"--prune retrains the pruned model on the run's training split, and the run {str(run)!r} was trained on in-memory "
+                        "data (config.yaml records no data source). Fix: in Python pass the run's splits as calibration=Splits(...), "
+                        "or export without --prune.")
+    if sp.train is None or not len(sp.train) or sp.train.modality != "image":
+        raise DataError("--prune needs labeled training images, and the run's training split holds none. Fix: export without --prune.")
+    val = _reindex(sp.val, classes, "validation split") if sp.val is not None and len(sp.val) else None
+    return Splits(_reindex(sp.train, classes, "training split"), val, None)
+
+
+def record_export(run: Path, out: Path, report: dict[str, Any]) -> None:
+    """Add this export's table to ``RUN/exports.json`` (keyed by the export folder), where the run's report finds it."""
+    from ..evaluate.export_table import EXPORTS_FILE, EXPORTS_FORMAT
+
+    path = run / EXPORTS_FILE
+    try:
+        known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        exports = known.get("exports") if isinstance(known, dict) and isinstance(known.get("exports"), dict) else {}
+        exports[str(out.resolve())] = {k: report[k] for k in ("format", "quantize", "prune", "checked_on", "timing", "rows")}
+        write_json(path, {"format": EXPORTS_FORMAT, "exports": exports})
+    except (OSError, ValueError) as e:  # a read-only run folder: the export itself is done and written
+        log.warning("could not record the export in %s (%s); the run's report will not show its table", path, e)
+
+
+def _check(rows: dict, agree_src: dict, max_diff: float, min_agreement: float, pruning: dict | None, max_drop: float) -> None:
+    """Refuse the export (nothing written) when a graph strays from the eager model it was exported from, or pruning cost too much."""
+    name, _ = agree_src["fp32"]
+    fp = rows[name]
     if not fp["max_abs_diff"] <= max_diff:
-        raise HeadstartError(f"The ONNX fp32 graph's logits differ from eager torch by up to {fp['max_abs_diff']:.3g} (> {max_diff:g}; top-1 "
-                             f"agreement {fp['agreement']:.4f}); nothing was written. Fix: report it, or accept it with --max-diff.")
-    q = rows.get("onnx_int8")
-    if q is not None and not q["agreement"] >= min_agreement:
-        raise HeadstartError(f"The INT8 model agrees with eager torch on {q['agreement']:.2%} of the top-1 predictions (< {min_agreement:.2%}; "
-                             f"accuracy {q['accuracy']:.4f} vs {rows['torch_fp32']['accuracy']:.4f}); nothing was written. Fix: more or more "
-                             "representative --calibration data, export fp32 only (drop --quantize), or accept it with --min-agreement.")
+        raise HeadstartError(f"The {name} graph's logits differ from eager torch by up to {fp['max_abs_diff']:.3g} (> {max_diff:g}; top-1 "
+                             f"agreement {fp['agreement']:.4f}); nothing was written. Fix: report it, or accept it with --max-diff (per unit of the largest |logit|).")
+    if "int8" in agree_src:
+        name, agreement = agree_src["int8"]
+        if not agreement >= min_agreement:
+            raise HeadstartError(f"The INT8 model agrees with eager torch on {agreement:.2%} of the top-1 predictions (< {min_agreement:.2%}; "
+                                 f"accuracy {rows[name]['accuracy']:.4f} vs {rows['torch_fp32']['accuracy']:.4f}); nothing was written. Fix: more or "
+                                 "more representative --calibration data, export fp32 only (drop --quantize), or accept it with --min-agreement.")
+    if pruning is not None:
+        drop = rows["torch_fp32"]["accuracy"] - rows["torch_pruned"]["accuracy"]
+        if not drop <= max_drop:
+            raise HeadstartError(f"The pruned model's accuracy is {rows['torch_pruned']['accuracy']:.4f}, {drop:.1%} below the run's "
+                                 f"{rows['torch_fp32']['accuracy']:.4f} (> {max_drop:.1%} allowed); nothing was written. Fix: a smaller --prune, "
+                                 "more --prune-epochs, or accept it with --max-accuracy-drop.")
 
 
-def _preprocessing(model: Any, size: tuple[int, int], files: dict[str, str]) -> dict[str, Any]:
+def _preprocessing(model: Any, size: tuple[int, int], files: dict[str, str], pruning: dict | None = None) -> dict[str, Any]:
     pre = model.backbone.preprocessing
     return {
         "format": PREPROCESSING_FORMAT, "format_version": 1, "headstart_version": __version__,
-        "models": files, "default_model": "int8" if "int8" in files else "fp32",
+        "models": files, "runtime": "openvino" if next(iter(files.values())).endswith(".xml") else "onnxruntime",
+        "pruned": None if pruning is None else {"amount": pruning["amount"], "params": pruning["params"], "macs": pruning["macs"]},
+        "default_model": "int8" if "int8" in files else "fp32",
         "input": {"name": "images", "dtype": "float32", "layout": "NCHW", "channels": 3, "color": "RGB", "height": size[0], "width": size[1],
                   "batch": "dynamic"},
         "output": {"name": "logits", "meaning": "unnormalised class scores, columns in the order of 'classes'; softmax gives probabilities"},
@@ -296,15 +410,26 @@ def _preprocessing(model: Any, size: tuple[int, int], files: dict[str, str]) -> 
     }
 
 
-def _versions() -> dict[str, str]:
+def _versions(format: str = "onnx") -> dict[str, str]:
     import onnx
     import onnxruntime
 
-    return {"headstart": __version__, "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    v = {"headstart": __version__, "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    if format == "openvino":
+        import openvino
+
+        v["openvino"] = openvino.__version__
+    try:
+        import torch_pruning
+
+        v["torch_pruning"] = torch_pruning.__version__
+    except ImportError:
+        pass
+    return v
 
 
 def format_table(report: dict[str, Any]) -> list[list[str]]:
     """The rows of ``export.json`` as text: model, MB, images/s, speed vs torch, accuracy, agreement, max |diff|."""
-    base = report["rows"]["torch_fp32"]["images_per_s"]
-    return [[k, f"{r['size_mb']:.2f}", f"{r['images_per_s']:.1f}", f"{r['images_per_s'] / base:.2f}x", f"{r['accuracy']:.4f}",
-             f"{r['agreement']:.4f}", f"{r['max_abs_diff']:.2g}"] for k, r in report["rows"].items()]
+    from ..evaluate.export_table import table_rows
+
+    return table_rows(report)
