@@ -483,32 +483,13 @@ def _eval_split(splits):
     return splits.test if splits.test is not None and len(splits.test) else splits.val
 
 
-#: Items of each domain the gap measures of a run use (seeded subsample): enough for a stable
-#: MMD test and domain classifier, a few seconds of extraction.
-GAP_ITEMS = 500
-
-
 def _domain_gap(bb, splits, target, s: Settings, *, trained: bool = False) -> dict[str, Any]:
-    """The gap measures (:mod:`headstart.gap`) between ``bb``'s features of the source's evaluation split and ``target``.
-
-    ``trained``: the backbone's weights changed in this run: eager torch, no feature cache."""
-    from .features import extract_features
-    from .gap.measures import gap_measures
+    """:func:`headstart.gap.run.run_gap` between the source's evaluation split (else train) and ``target``."""
+    from .gap.run import run_gap
 
     source = _eval_split(splits)
-    source = source if source is not None and len(source) else splits.train
-    rng = np.random.default_rng(s.training.seed)
-    feats = []
-    for ds in (source, target):
-        idx = np.sort(rng.permutation(len(ds))[:GAP_ITEMS])
-        feats.append(extract_features(bb, ds.subset(idx), batch_size=s.training.batch_size, runtime="torch" if trained else s.backbone.runtime,
-                                      cache=s.backbone.cache and not trained, progress=False))
-    try:
-        out = gap_measures(feats[0], feats[1], n_perm=100, seed=s.training.seed)
-    except ValueError as e:  # too few items: the run stands without its gap measures
-        log.warning("domain gap not measured: %s", e)
-        return {}
-    return {k: v for k, v in out.items() if k != "seconds"}
+    return run_gap(bb, source if source is not None and len(source) else splits.train, target, batch_size=s.training.batch_size,
+                   runtime=s.backbone.runtime, cache=s.backbone.cache, seed=s.training.seed, trained=trained)
 
 
 def _val_score(bb, head_mod, splits, s: Settings, cw):
