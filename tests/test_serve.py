@@ -4,6 +4,7 @@ no training code on the request path, and the HTML page in headless Chromium."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -175,19 +176,55 @@ def test_request_path_imports_no_training_code(run):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+# Same-origin harness (added to the app by the test only): it loads the real page at / in an iframe, draws a
+# red 20x20 PNG on a canvas, puts it in the page's file input (DataTransfer, as a user's file choice does),
+# clicks the page's Predict button and copies what the page's own script shows into its DOM.
+HARNESS = """<!doctype html><html><body><iframe id="page" src="/"></iframe><pre id="result">pending</pre><script>
+const frame = document.getElementById("page");
+frame.onload = async () => {
+  const d = frame.contentDocument, out = document.getElementById("result");
+  const c = document.createElement("canvas"); c.width = c.height = 20;
+  const g = c.getContext("2d"); g.fillStyle = "rgb(220,40,40)"; g.fillRect(0, 0, 20, 20);
+  const blob = await new Promise((r) => c.toBlob(r, "image/png"));
+  const dt = new DataTransfer(); dt.items.add(new File([blob], "red.png", {type: "image/png"}));
+  d.getElementById("file").files = dt.files;
+  d.getElementById("send").click();
+  for (let i = 0; i < 200; i++) {
+    const answer = d.getElementById("answer").textContent;
+    if (answer !== "(no image yet)") { out.textContent = "ANSWER[" + answer + "]RAW[" + d.getElementById("raw").textContent + "]"; return; }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  out.textContent = "TIMEOUT";
+};
+</script></body></html>"""
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium chromium-driver; 'make test' does it when it can)")
-def test_page_renders_in_headless_chromium(run, tmp_path):
-    """The page, served by uvicorn on 127.0.0.1, loaded by headless Chromium: the form and the class list are in the DOM."""
+def test_page_uploads_an_image_in_headless_chromium(run, tmp_path):
+    """The page, served by uvicorn on 127.0.0.1, in headless Chromium: its form posts the chosen image as multipart
+    'file' to /predict and its script shows the answer (the page's own JS, against the live server)."""
+    import html
+    import re
     import socket
     import time
 
     import httpx
     import uvicorn
+    from fastapi.responses import HTMLResponse
 
+    app = create_app(run)
+    seen: list[str] = []
+
+    @app.middleware("http")
+    async def record(request, call_next):  # what reached the server: method, path and content type
+        seen.append(f"{request.method} {request.url.path} {request.headers.get('content-type', '').split(';')[0]}")
+        return await call_next(request)
+
+    app.add_api_route("/harness", lambda: HTMLResponse(HARNESS), methods=["GET"])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(run), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -201,6 +238,17 @@ def test_page_renders_in_headless_chromium(run, tmp_path):
         dom = subprocess.run([*flags, "--dump-dom", f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=120)
         assert dom.returncode == 0, dom.stderr[-2000:]
         assert 'id="file"' in dom.stdout and "red, green, blue" in dom.stdout
+        # virtual time: the harness's timers run fast, and time stands still while the upload is in flight
+        dom = subprocess.run([*flags, "--virtual-time-budget=20000", "--dump-dom", f"http://127.0.0.1:{port}/harness"],
+                             capture_output=True, text=True, timeout=120)
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        found = re.search(r"ANSWER\[(.*?)\]RAW\[(.*?)\]</pre>", dom.stdout, re.S)
+        assert found, dom.stdout[-2000:]
+        answer, raw = found.group(1), json.loads(html.unescape(found.group(2)))
+        assert re.fullmatch(r"red \(\d+\.\d%\)", answer), answer  # the page's text: top class and its probability
+        p = raw["predictions"][0]
+        assert p["prediction"] == "red" and p["input"] == "red.png" and len(p["top"]) == 3  # the file the page posted
+        assert "POST /predict multipart/form-data" in seen, seen
     finally:
         server.should_exit = True
         thread.join(timeout=10)
