@@ -33,9 +33,9 @@ import each other)::
   (``headstart gap``), with the adaptation losses' own distances (``methods.divergence``);
   ``continual``: continuing a finished run on new classes (``fit --from RUN``), through ``model``;
   ``ensemble``: several runs as one model (``headstart ensemble``), and ``headstart.load``, which
-  opens a run folder or an ensemble folder; ``export``: a run's classifier as one ONNX graph (fp32,
-  INT8), checked against the run on its validation images (``headstart export``), and
-  ``export.OnnxClassifier``, which predicts from that graph without torch; ``explaining``: Grad-CAM
+  opens a run folder or an ensemble folder; ``export``: a run's classifier as one ONNX graph or
+  OpenVINO IR (fp32, INT8, channel-pruned and fine-tuned), checked against the run on its validation
+  images (``headstart export``), and ``export.OnnxClassifier``, which predicts from either without torch; ``explaining``: Grad-CAM
   heat maps of a run over images (``headstart explain``), through ``model``.
 - ``fitting``: ``fit``. ``experiments``: what calls ``fit`` many times (``headstart curve``);
   ``demo``. ``cli``: thin commands over all of these.
