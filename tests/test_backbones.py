@@ -19,7 +19,10 @@ def test_backbone_protocol(name):
     assert isinstance(bb, Backbone)
     text = bb.preprocessing.modality == "text"
     if text:  # text backbones take token tensors made by their own tokenizer
-        x = bb.tokenize(["A short text.", "Another, somewhat longer text to encode."])
+        texts = ["A short text.", "Another, somewhat longer text to encode."]
+        if hasattr(bb, "fit_texts"):  # tfidf: its vocabulary comes from the training texts (min_df 2: each text twice)
+            bb.fit_texts(texts * 2)
+        x = bb.tokenize(texts)
     else:
         h, w = bb.preprocessing.input_size
         x = torch.randn(2, 3, h, w)
