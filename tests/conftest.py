@@ -1,10 +1,12 @@
 """Shared test set-up. Like the CLI, the test process owns its threads: let idle OpenMP threads sleep."""
 
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -32,3 +34,18 @@ def cli(capsys, monkeypatch):
     root.handlers[:] = handlers
     root.setLevel(root_level)
     lib.setLevel(lib_level)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """``hf:<folder>`` of a tiny random BERT with the real MiniLM tokenizer (vocabulary 30522); shared by the text tests."""
+    from transformers import BertConfig, BertModel
+
+    from headstart.backbones.text import minilm_l6_folder
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(str(folder))
+    shutil.copy(minilm_l6_folder() / "tokenizer.json", folder / "tokenizer.json")
+    return f"hf:{folder}"

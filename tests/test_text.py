@@ -49,20 +49,6 @@ def _rows():
     return [(t, "pos") for t in POS] + [(t, "neg") for t in NEG]
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> str:
-    """``hf:<folder>`` of a tiny random BERT with the real MiniLM tokenizer (vocabulary 30522)."""
-    from transformers import BertConfig, BertModel
-
-    from headstart.backbones.text import minilm_l6_folder
-
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    BertModel(cfg).save_pretrained(str(folder))
-    shutil.copy(minilm_l6_folder() / "tokenizer.json", folder / "tokenizer.json")
-    return f"hf:{folder}"
-
 
 # ------------------------------------------------------------------------------------ data
 def test_csv_auto_columns_and_explicit_columns(tmp_path):

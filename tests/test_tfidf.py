@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,19 +48,6 @@ def _splits(test_extra: str = "") -> Splits:
 def _env() -> dict:
     return {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
 
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    from transformers import BertConfig, BertModel
-
-    from headstart.backbones.text import minilm_l6_folder
-
-    folder = tmp_path_factory.mktemp("tiny_bert_tfidf")
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    BertModel(cfg).save_pretrained(str(folder))
-    shutil.copy(minilm_l6_folder() / "tokenizer.json", folder / "tokenizer.json")
-    return f"hf:{folder}"
 
 
 @pytest.fixture(autouse=True)
