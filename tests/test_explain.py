@@ -66,6 +66,10 @@ def test_clear_errors(run, cli=None):
         headstart.explain(model, [run / "img0.png"], class_name="tumour")
     with pytest.raises(DataError, match="no such file"):
         headstart.explain(model, [run / "missing.png"])
+    cut = run / "cut.png"
+    cut.write_bytes((run / "img0.png").read_bytes()[:60])  # a truncated PNG: refused, named, before any map is computed
+    with pytest.raises(DataError, match=r"cut\.png.*(truncated|not a readable image)"):
+        headstart.explain(model, [run / "img0.png", cut])
     text = Model(model.backbone, model.head, model.classes, modality="text")
     with pytest.raises(HeadstartError, match="explains images.*classifies texts"):
         headstart.explain(text, [run / "img0.png"])

@@ -24,7 +24,7 @@ def explain(run: Any, images: Sequence[str | Path], *, class_name: str | None = 
     """Heat maps of ``run`` (a run folder or a Model) over ``images`` (paths); returns per image
     ``{"image", "class", "probability", "map" (H, W) in [0, 1] at the image's size, "file" (with out)}``.
     ``class_name``: the class explained for every image (default: each image's predicted class)."""
-    from .data.images import check_image, open_image
+    from .data.images import open_image
     from .evaluate.gradcam import check_explainable, explain_images, overlay
     from .model import Model, load
 
@@ -34,15 +34,15 @@ def explain(run: Any, images: Sequence[str | Path], *, class_name: str | None = 
     if not paths:
         raise DataError("Nothing to explain: give one or more image files.")
     for p in paths:
-        reason = "no such file" if not Path(p).is_file() else check_image(p)
-        if reason is not None:
-            raise DataError(f"Cannot read {p!r}: {reason}. Check the path.")
+        if not Path(p).is_file():
+            raise DataError(f"Cannot read {p!r}: no such file. Check the path.")
     target = None
     if class_name is not None:
         if class_name not in model.classes:
             raise HeadstartError(f"Unknown class {class_name!r}; this run's classes are {', '.join(map(repr, model.classes))}. "
                                  "Fix: --class with one of them (or drop it to explain each image's predicted class).")
         target = model.classes.index(class_name)
+    # every image is decoded (and checked: size, truncation; a DataError naming it) before any map is computed
     results = explain_images(model, [open_image(p) for p in paths], target=target, method=method)
     rows = []
     if out is not None:

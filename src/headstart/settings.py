@@ -166,7 +166,6 @@ class HeadSettings:
     threshold: str | None = opt(
         None, "Binary runs: the decision threshold on the second class's probability, chosen on the validation split and stored in "
         "model.json (predict and evaluate use it): youden | sensitivity=S | specificity=S | f1 (e.g. sensitivity=0.95). Default: argmax.")
-    # Default chosen by measurement (benchmarks/calibration.py, results/calibration.json): see CALIBRATE_DEFAULT_WHY.
     # Default none, by measurement (benchmarks/calibration.py -> results/calibration.json; Lite0, seed 0): the temperature fit on
     # validation came out 0.79-1.37, and test NLL after scaling was better on 1 of 6 runs (MNIST 5k fine-tuned, 0.1795 -> 0.1791) and
     # worse on 5 (digits, MNIST 5k, BreastMNIST probes; digits and BreastMNIST fine-tuned: up to +0.012); test ECE fell on 4 of 6.

@@ -27,7 +27,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -48,10 +48,11 @@ def last_conv(backbone: nn.Module) -> nn.Module:
     return convs[-1]
 
 
-def grad_cam(backbone: nn.Module, head: nn.Module, x: torch.Tensor, target: int | Sequence[int] | None = None, *,
-             method: str = "gradcam") -> tuple[np.ndarray, np.ndarray]:
+def grad_cam(backbone: nn.Module, head: nn.Module, x: torch.Tensor,
+             target: int | Sequence[int] | Callable[[torch.Tensor], Any] | None = None, *, method: str = "gradcam") -> tuple[np.ndarray, np.ndarray]:
     """Heat maps ``(B, H, W)`` in ``[0, 1]`` at ``x``'s size for class ``target`` (one index for all, one
-    per image, or ``None``: each image's top class), and the logits ``(B, K)``."""
+    per image, a function of the detached logits ``(B, K)`` giving one index per image, or ``None``:
+    each image's top class), and the logits ``(B, K)``. One forward pass serves both."""
     if method not in METHODS:
         raise HeadstartError(f"The 'method' parameter must be one of {{{', '.join(map(repr, METHODS))}}}; got {method!r}.")
     layer = last_conv(backbone)
@@ -65,6 +66,8 @@ def grad_cam(backbone: nn.Module, head: nn.Module, x: torch.Tensor, target: int 
             logits = head(backbone(x))
             if target is None:
                 idx = logits.argmax(1)
+            elif callable(target):
+                idx = torch.as_tensor(np.asarray(target(logits.detach())), dtype=torch.int64)
             else:
                 idx = torch.as_tensor([target] * len(x) if isinstance(target, (int, np.integer)) else list(target), dtype=torch.int64)
             a = seen["a"]
@@ -115,10 +118,12 @@ def explain_images(model: Any, images: Sequence[Any], *, target: int | None = No
     for start in range(0, len(images), batch_size):
         chunk = [im.convert("RGB") for im in images[start:start + batch_size]]
         x = torch.stack([tf(im) for im in chunk])
-        with torch.inference_mode():  # the run's own decision (its operating point, if any) picks the class explained by default
-            proba = torch.softmax(model.head.eval()(model.backbone.eval()(x)) / model.temperature, 1).numpy()
+        proba_of = lambda z: torch.softmax(z / model.temperature, 1).numpy()  # noqa: E731
+        # by default the run's own decision (its operating point, if any) picks the class explained
+        pick = (lambda z: model.decide(proba_of(z))) if target is None else int(target)
+        maps, logits = grad_cam(model.backbone, model.head, x, pick, method=method)
+        proba = proba_of(torch.as_tensor(logits))
         classes = model.decide(proba) if target is None else np.full(len(chunk), int(target))
-        maps, _ = grad_cam(model.backbone, model.head, x, [int(k) for k in classes], method=method)
         for im, cam, p, k in zip(chunk, maps, proba, classes):
             arr = np.asarray(im)
             out.append({"map": resize_map(cam, arr.shape[:2]), "image": arr, "class": int(k), "proba": p})
