@@ -47,15 +47,13 @@ class OpenVinoSession:
 
     def __init__(self, path: str | Path, threads: int | None = None):
         try:
-            import openvino as ov
+            import openvino  # noqa: F401
         except ImportError:
             raise HeadstartError(f"{Path(path).name} is an OpenVINO model, and OpenVINO is not installed. Fix: pip install 'openvino==2026.4.1', "
                                  "or re-export with --format onnx.") from None
-        from .._util import available_cores
+        from .._util import ov_cpu_model
 
-        core = ov.Core()
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or available_cores()}
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.compiled = ov_cpu_model(path, hint="LATENCY", threads=threads)
         self.request = self.compiled.create_infer_request()
         self._inputs = [self._Input(self.compiled.input(0).get_any_name())]
 

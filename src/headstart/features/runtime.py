@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .._io import atomic_path, write_json
-from .._util import available_cores, ort_session
+from .._util import available_cores, ort_session, ov_cpu_model
 
 logger = logging.getLogger("headstart.features")
 
@@ -139,21 +139,13 @@ _OV_LOCK = threading.Lock()
 
 
 def _ov_compiled(path: Path, *, hint: str, pinning: bool):
-    """``path`` compiled by OpenVINO for CPU in fp32; compiled once per process and configuration."""
-    config = {
-        "INFERENCE_PRECISION_HINT": "f32",  # the CPU plugin defaults to bf16 where the CPU has it
-        "PERFORMANCE_HINT": hint,
-        "INFERENCE_NUM_THREADS": available_cores(),
-        "ENABLE_CPU_PINNING": pinning,
-    }
-    key = (str(Path(path).resolve()), tuple(sorted(config.items())))
+    """``path`` compiled by OpenVINO for CPU in fp32 (:func:`headstart._util.ov_cpu_model`); compiled
+    once per process and configuration."""
+    key = (str(Path(path).resolve()), hint, pinning, available_cores())
     with _OV_LOCK:
         compiled = _OV_COMPILED.pop(key, None)
         if compiled is None:
-            import openvino as ov
-
-            core = ov.Core()
-            compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+            compiled = ov_cpu_model(path, hint=hint, pinning=pinning)
         _OV_COMPILED[key] = compiled  # most recently used last
         while len(_OV_COMPILED) > _OV_COMPILED_MAX:
             del _OV_COMPILED[next(iter(_OV_COMPILED))]
