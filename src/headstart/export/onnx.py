@@ -125,16 +125,30 @@ def _reindex(ds: LabeledDataset, classes: list[str], what: str) -> LabeledDatase
     return LabeledDataset(ds.items, remap[ds.labels], list(classes), ds.modality, ds.source, ds.problems)
 
 
-def check_data(run: Path, classes: list[str], calibration: Any) -> tuple[LabeledDataset, str]:
-    """The labeled images the export is calibrated and checked on, and what they are (for export.json)."""
-    from ..data import load_splits
-    from ..run_folder import read_config
+class RunData:
+    """The run's recorded data source and settings (``config.yaml``), and its splits reloaded with the
+    run's fractions and seed at most once (the parity check and ``--prune``'s retraining share them)."""
 
-    data, kw = None, {}
-    if (run / "config.yaml").is_file():
-        data, s = read_config(run / "config.yaml")
-        kw = dict(val=s.data.val, test=s.data.test, seed=s.training.seed, strict=s.data.strict)
-    source = calibration if calibration is not None else data
+    def __init__(self, run: Path):
+        from ..run_folder import read_config
+        from ..settings import Settings
+
+        self.data, self.settings = read_config(run / "config.yaml") if (run / "config.yaml").is_file() else (None, Settings())
+        self._splits: Splits | None = None
+
+    def splits(self) -> Splits:
+        if self._splits is None:
+            from ..data import load_splits
+
+            d = self.settings.data
+            self._splits = load_splits(self.data, val=d.val, test=d.test, seed=self.settings.training.seed, strict=d.strict)
+        return self._splits
+
+
+def check_data(run: Path, classes: list[str], calibration: Any, recorded: RunData | None = None) -> tuple[LabeledDataset, str]:
+    """The labeled images the export is calibrated and checked on, and what they are (for export.json)."""
+    recorded = recorded or RunData(run)
+    source = calibration if calibration is not None else recorded.data
     if source is None:
         raise DataError(f"The run {str(run)!r} was trained on in-memory data (config.yaml records no data source), so its validation "
                         "images cannot be reloaded for calibration and the parity check. Fix: pass --calibration DATA "
@@ -143,7 +157,7 @@ def check_data(run: Path, classes: list[str], calibration: Any) -> tuple[Labeled
         if isinstance(source, LabeledDataset):
             ds, what = source, f"calibration data {source.source}"
         elif calibration is None or isinstance(source, Splits):  # the run's own split, reloaded with its fractions and seed
-            sp = source if isinstance(source, Splits) else load_splits(source, **kw)
+            sp = source if isinstance(source, Splits) else recorded.splits()
             ds = sp.val if sp.val is not None and len(sp.val) else sp.train
             what = f"{'calibration' if calibration is not None else 'validation'} split of {ds.source if isinstance(source, Splits) else source}"
         else:  # --calibration DATA: all of it (its val/ or test/ folder when it has split folders)
@@ -222,7 +236,8 @@ def export_run(run: str | Path, *, format: str = "onnx", quantize: str | None = 
     if model.tasks is not None:
         raise HeadstartError("This run has one head per task (--heads separate); its predictions depend on the task given, which one graph "
                              "does not take. Exporting task-incremental runs is not built. Fix: export a run with one head.")
-    ds, what = check_data(run, model.classes, calibration)
+    recorded = RunData(run)
+    ds, what = check_data(run, model.classes, calibration, recorded)
     n = min(len(ds), MAX_ITEMS)
     pre = model.backbone.preprocessing
     size = (int(pre.input_size[0]), int(pre.input_size[1]))
@@ -240,7 +255,7 @@ def export_run(run: str | Path, *, format: str = "onnx", quantize: str | None = 
             ref = np.concatenate([clf(x).numpy() for x in batches])
         source, pruning = clf, None
         if prune is not None:  # the pruned, retrained model is what gets exported; its rows are checked against the run
-            source, pruning = _pruned(run, model, clf, calibration, prune, prune_epochs if prune_epochs is not None else DEFAULT_EPOCHS, size)
+            source, pruning = _pruned(run, recorded, model, clf, calibration, prune, prune_epochs if prune_epochs is not None else DEFAULT_EPOCHS, size)
             torch.set_num_threads(threads)
         with torch.inference_mode():
             src_ref = ref if source is clf else np.concatenate([source(x).numpy() for x in batches])
@@ -314,37 +329,28 @@ class OpenVinoSessionRunner:
         return self.session.run(None, {"images": x.numpy()})[0]
 
 
-def _pruned(run: Path, model: Any, clf: nn.Module, calibration: Any, amount: float, epochs: int, size: tuple[int, int]) -> tuple[nn.Module, dict]:
+def _pruned(run: Path, recorded: RunData, model: Any, clf: nn.Module, calibration: Any, amount: float, epochs: int,
+            size: tuple[int, int]) -> tuple[nn.Module, dict]:
     """The run's classifier with ``amount`` of its channels pruned and retrained on the run's training split."""
-    from ..settings import Settings
     from .prune import finetune_pruned, prune_classifier
 
-    splits = _train_splits(run, model.classes, calibration)
-    settings = Settings()
-    if (run / "config.yaml").is_file():
-        from ..run_folder import read_config
-
-        settings = read_config(run / "config.yaml")[1]
+    splits = _train_splits(run, recorded, model.classes, calibration)
+    settings = recorded.settings
     name = model.info.get("backbone") or model.backbone.describe()["spec"]["name"]
     pruned, info = prune_classifier(clf, amount, torch.zeros(2, 3, *size), what=f"The backbone {name!r}")
     info["finetune"] = finetune_pruned(pruned, splits, settings, epochs=epochs)
     return pruned, info
 
 
-def _train_splits(run: Path, classes: list[str], calibration: Any) -> Splits:
+def _train_splits(run: Path, recorded: RunData, classes: list[str], calibration: Any) -> Splits:
     """The splits the pruned model is retrained on: ``calibration`` when it is a :class:`Splits`, else the run's recorded data."""
-    from ..data import load_splits
-    from ..run_folder import read_config
-
     sp = calibration if isinstance(calibration, Splits) else None
-    if sp is None and (run / "config.yaml").is_file():
-        data, s = read_config(run / "config.yaml")
-        if data is not None:
-            try:
-                sp = load_splits(data, val=s.data.val, test=s.data.test, seed=s.training.seed, strict=s.data.strict)
-            except (OSError, DataError) as e:
-                raise DataError(f"--prune retrains on the run's training data, which cannot be read ({e}). Fix: restore {data!r}, "
-                                "or export without --prune.") from None
+    if sp is None and recorded.data is not None:
+        try:
+            sp = recorded.splits()
+        except (OSError, DataError) as e:
+            raise DataError(f"--prune retrains on the run's training data, which cannot be read ({e}). Fix: restore {recorded.data!r}, "
+                            "or export without --prune.") from None
     if sp is None:
         raise DataError(f"--prune retrains the pruned model on the run's training split, and the run {str(run)!r} was trained on in-memory "
                         "data (config.yaml records no data source). Fix: in Python pass the run's splits as calibration=Splits(...), "
