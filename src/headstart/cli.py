@@ -497,6 +497,7 @@ def export(
     max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="--prune: largest validation accuracy loss accepted (default 0.02)."),
 ) -> None:
     """Export a run as one graph (backbone + head; optionally pruned, INT8), checked against the run, with a speed table."""
+    from .evaluate.export_table import COLUMNS
     from .export import export_run
     from .export.onnx import format_table
 
@@ -504,8 +505,7 @@ def export(
                      min_agreement=min_agreement, max_diff=max_diff, max_accuracy_drop=max_accuracy_drop)
     t = res.report["timing"]
     print(f"checked on {res.report['checked_on']['n']} images ({res.report['checked_on']['data']}); batch {t['batch_size']}, {t['threads']} threads")
-    cols = ["model", "MB", "images/s", "vs torch", "accuracy", "agreement", "max |diff|"]
-    _print_rows(cols, [dict(zip(cols, r)) for r in format_table(res.report)])
+    _print_rows(COLUMNS, [dict(zip(COLUMNS, r)) for r in format_table(res.report)])
     print(f"export folder: {res.out}")
 
 
