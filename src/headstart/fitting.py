@@ -194,6 +194,11 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
             patience=tr.patience, progress=o.progress, dropout=None, timings=timings, runtime=b.runtime, cache=b.cache, unfreeze=tr.unfreeze,
             method=method,
         )
+    elif trained == "setfit":  # texts: the encoder trained on pairs in the loop, then the probe on its new embeddings (train.setfit)
+        from .train.setfit import fit_setfit
+        loop_info = fit_setfit(bb, splits, s, timings=timings, max_time=budget.left(_reserve_seconds(splits, timings, budget)))
+        head_mod, history = _fit_linear(bb, splits, s, cw, timings)
+        history = loop_info.pop("history") + history
     elif auto_choice is not None and trained == "linear":
         head_mod, history = auto_choice.pop("probe")
     elif trained in LOOP_STRATEGIES:

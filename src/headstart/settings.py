@@ -26,7 +26,7 @@ from typing import Any, Iterator, Mapping
 
 from .errors import HeadstartError
 
-STRATEGIES = ("linear", "finetune", "progressive", "auto")
+STRATEGIES = ("linear", "finetune", "progressive", "auto", "setfit")
 HEADS = ("logreg", "mlp", "bagging", "boosting", "stacking")
 CALIBRATIONS = ("temperature", "none")
 SAMPLERS = ("shuffle", "balanced")
@@ -189,7 +189,9 @@ class TrainingSettings:
     strategy: str = opt(
         "linear", "Transfer strategy: linear (frozen backbone, cached features) | finetune (default recipe: head warm-up, then all "
         "layer groups with layer-wise decayed LRs; or --unfreeze N) | progressive (unfreeze one layer group per stage from the top; "
-        "--epochs per stage) | auto (linear probe first; keeps it or fine-tunes from it, and says why).", cli=("--strategy", "-s"))
+        "--epochs per stage) | auto (linear probe first; keeps it or fine-tunes from it, and says why) | setfit (texts: the sentence encoder "
+        "fine-tuned on same-class / cross-class pairs of training texts, then the linear probe on its new embeddings; see --pairs).",
+        cli=("--strategy", "-s"))
     seed: int = opt(0, "Random seed of the split, the head and the training loop.")
     epochs: int = opt(20, "Epochs (per stage for progressive).")
     lr: float | None = opt(None, "Learning rate of the head (default: 2e-3 when fine-tuning a pretrained image backbone; 1e-3 for heads on "
@@ -211,6 +213,8 @@ class TrainingSettings:
     activation_cache: bool = opt(True, "Run the frozen lower layer groups once and cache their activations (--no-activation-cache: every step).",
                                  cli=("--activation-cache/--no-activation-cache",))
     train_bn: bool = opt(False, "Let BatchNorm layers update their running statistics while fine-tuning (default: fixed).", cli=("--train-bn/--no-train-bn",))
+    pairs: int | None = opt(None, "--strategy setfit: pairs of training texts the encoder is trained on, half same-class, half cross-class, "
+                            "seeded, one pass (default 1280; --epochs is not used).")
     time_limit: float | None = opt(None, "Seconds for the whole fit: training stops in time with the best weights so far; auto decides between the probe and fine-tuning, and how many epochs, from it.")
 
     def __post_init__(self) -> None:
@@ -229,6 +233,8 @@ class TrainingSettings:
         _positive("backbone_lr", self.backbone_lr)
         _positive("clip_grad", self.clip_grad)
         _positive("time_limit", self.time_limit, what="number of seconds")
+        if self.pairs is not None:  # like --hidden without --head mlp, unused by the other strategies
+            _whole("pairs", self.pairs, 2)
         if not 0.0 < float(self.lr_decay) <= 1.0:
             raise HeadstartError(f"The 'lr_decay' parameter must be in (0, 1]; got {self.lr_decay!r}.")
         if self.unfreeze is not None and self.unfreeze != "all":
@@ -373,7 +379,10 @@ class Settings:
     output: OutputSettings = field(default_factory=OutputSettings)
 
     def __post_init__(self) -> None:
-        if self.head.kind in FEATURE_ONLY_HEADS and self.training.strategy != "linear":
+        if self.training.strategy == "setfit" and self.method.name is not None:
+            raise HeadstartError(f"--strategy setfit trains the encoder on text pairs with its own loss, and method {self.method.name!r} adds "
+                                 "to the classification loop. Fix: drop --method, or use --strategy finetune with it.")
+        if self.head.kind in FEATURE_ONLY_HEADS and self.training.strategy not in ("linear", "setfit"):
             raise HeadstartError(f"The {self.head.kind!r} head is fit by scikit-learn on cached features and cannot train through the "
                                  f"backbone (--strategy {self.training.strategy}). Fix: --strategy linear, or --head logreg|mlp to fine-tune.")
         if self.training.sampler == "balanced" and self.training.strategy == "linear":
