@@ -257,3 +257,137 @@ def test_efficientnet_lite0_matches_eager(tmp_path, runtime):
     eager = extract_features(bb, ds, runtime="torch", cache=False, cache_dir=tmp_path)
     assert got.shape == (4, 1280)
     assert np.abs(got - eager).max() <= 1e-4 * max(1.0, np.abs(eager).max())
+
+
+# --- the decoding pipeline (issue 16) ------------------------------------------------------------
+
+
+def _jpegs(tmp_path, n: int, size=(300, 200)) -> LabeledDataset:
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(n):
+        paths.append(str(tmp_path / f"{i:03d}.jpg"))
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(paths[-1], quality=90)
+    return LabeledDataset(paths, rng.integers(0, 2, n), ["a", "b"])
+
+
+@pytest.mark.parametrize("threads", [1, 3, None])
+def test_pipeline_gives_the_sequential_features_in_order(tiny, tmp_path, threads):
+    ds = _jpegs(tmp_path, 23)
+    feats = extract_features(tiny, ds, batch_size=5, runtime="torch", num_workers=threads, cache=False, cache_dir=tmp_path / "c")
+    tf = tiny.preprocessing.transform()
+    tiny.eval()
+    with torch.no_grad():  # the sequential path: one item after another, decoded the same way
+        ref = np.stack([tiny(tf(ds.load(i, decode_size=tf.decode_size))[None])[0].numpy() for i in range(len(ds))])
+    np.testing.assert_allclose(feats, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_pipeline_error_names_the_file_and_keeps_what_was_computed(tiny, tmp_path, monkeypatch):
+    from headstart.errors import DataError
+
+    ds = _jpegs(tmp_path, 14)
+    data = open(ds.items[11], "rb").read()
+    open(ds.items[11], "wb").write(data[: len(data) // 2])  # truncated
+    with pytest.raises(DataError, match="011.jpg"):
+        extract_features(tiny, ds, batch_size=4, runtime="torch", cache_dir=tmp_path / "c")
+    counter = _Counter(monkeypatch)
+    extract_features(tiny, ds.subset(range(8)), batch_size=4, runtime="torch", cache_dir=tmp_path / "c")
+    assert counter.rows == 0  # the first two batches were cached before the failure
+
+
+def test_decode_threads_share_the_cores_by_cost():
+    from headstart.features.extract import decode_threads
+
+    assert decode_threads(0.0024, 0.0021, runtime_threads=2, cores=2) == 1  # 500-px JPEGs, OpenVINO bf16
+    assert decode_threads(0.038, 0.0021, runtime_threads=2, cores=2) == 2  # 12-MP JPEGs in draft mode
+    assert decode_threads(0.0, 0.01, runtime_threads=2, cores=8) == 1
+    assert decode_threads(0.05, 0.0, runtime_threads=2, cores=8) == 8
+
+
+def test_torch_threads_restored_after_extraction(tiny, tmp_path):
+    before = torch.get_num_threads()
+    extract_features(tiny, _jpegs(tmp_path, 12), batch_size=4, runtime="onnx", cache=False, cache_dir=tmp_path / "c")
+    assert torch.get_num_threads() == before
+
+
+def test_bad_decoding_threads_name_the_fix(tiny):
+    with pytest.raises(ValueError, match="'num_workers' parameter \\(decoding threads\\)"):
+        extract_features(tiny, _dataset(2), num_workers=0)
+
+
+# --- JPEG draft decoding (issue 16) --------------------------------------------------------------
+
+
+def _photo(path, size, fmt="JPEG", exif_orientation=None):
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize(size, Image.BICUBIC)
+    kw = {"quality": 92} if fmt == "JPEG" else {}
+    if exif_orientation:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        kw["exif"] = exif
+    img.save(path, fmt, **kw)
+    return str(path)
+
+
+def test_draft_decodes_large_jpegs_small_but_never_below_what_the_model_needs(tmp_path):
+    from headstart.data.images import open_image
+
+    pre = create_backbone("efficientnet_lite0", pretrained=False).preprocessing
+    big = _photo(tmp_path / "big.jpg", (4000, 3000))
+    img = open_image(big, draft=pre.decode_size)
+    need = pre.decode_size(4000, 3000)
+    assert img.size == (1000, 750) and img.width >= need[0] and img.height >= need[1]  # 1/4 scale
+    assert open_image(big).size == (4000, 3000)
+    png = _photo(tmp_path / "big.png", (2400, 1800), fmt="PNG")
+    assert open_image(png, draft=pre.decode_size).size == (2400, 1800)  # only JPEGs are drafted
+    small = _photo(tmp_path / "small.jpg", (500, 375))
+    assert open_image(small, draft=pre.decode_size).size == (500, 375)  # too small to reduce
+    tf = pre.transform()
+    full, drafted = tf(open_image(big)), tf(open_image(big, draft=pre.decode_size))
+    assert full.shape == drafted.shape == (3, 224, 224)  # the model sees the same size
+
+
+def test_draft_follows_exif_orientation(tmp_path):
+    from headstart.data.images import open_image
+
+    from headstart.backbones.base import Preprocessing
+
+    pre = Preprocessing(input_size=(64, 256), crop_pct=1.0)  # a wide, non-square input: orientation matters
+    assert pre.decode_size(1000, 4000) == (512, 128)
+    path = _photo(tmp_path / "rotated.jpg", (4000, 1000), exif_orientation=6)  # stored landscape, shown portrait
+    img = open_image(path, draft=pre.decode_size)
+    assert img.size == (1000, 4000)  # the upright width 1000 cannot be halved (512 needed): not drafted
+    path = _photo(tmp_path / "upright.jpg", (4000, 1000))
+    assert open_image(path, draft=pre.decode_size).size == (1000, 250)  # 1/4 scale: both sides still large enough
+
+
+def test_draft_still_refuses_a_truncated_jpeg(tmp_path):
+    from headstart.data.images import open_image
+    from headstart.errors import DataError
+
+    pre = create_backbone("efficientnet_lite0", pretrained=False).preprocessing
+    path = _photo(tmp_path / "cut.jpg", (3000, 2000))
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(DataError, match="cut.jpg.*truncated"):
+        open_image(path, draft=pre.decode_size)
+
+
+def test_drafted_features_agree_with_the_full_decode(tmp_path):
+    bb = create_backbone("efficientnet_lite0").eval()
+    tf = bb.preprocessing.transform()
+    ds = LabeledDataset([_photo(tmp_path / "p.jpg", (4000, 3000))], [0], ["x"])
+    with torch.no_grad():
+        full = bb(tf(ds.load(0))[None])[0].numpy()
+        drafted = bb(tf(ds.load(0, decode_size=tf.decode_size))[None])[0].numpy()
+    assert not np.array_equal(full, drafted)  # it was really drafted
+    assert float(full @ drafted / np.linalg.norm(full) / np.linalg.norm(drafted)) > 0.999
+
+
+def test_decoding_is_part_of_the_image_cache_key(tiny):
+    from headstart.features.extract import image_cache_fingerprint
+
+    fp = backbone_fingerprint(tiny)
+    assert image_cache_fingerprint(fp) != fp and image_cache_fingerprint(fp) == image_cache_fingerprint(fp)

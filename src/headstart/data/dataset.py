@@ -62,8 +62,10 @@ class LabeledDataset:
         """A human name for item ``i`` (its path, or ``source[i]``)."""
         return str(self.items[i]) if not self.in_memory else f"{self.source}[{i}]"
 
-    def load(self, i: int):
-        """Item ``i`` ready for a backbone's transform: a PIL RGB image (or the text)."""
+    def load(self, i: int, *, decode_size=None):
+        """Item ``i`` ready for a backbone's transform: a PIL RGB image (or the text).
+
+        ``decode_size``: see :func:`~headstart.data.images.open_image`'s ``draft`` (image files only)."""
         from .images import open_image
 
         if self.modality == "text":
@@ -72,7 +74,7 @@ class LabeledDataset:
             from PIL import Image
 
             return Image.fromarray(np.ascontiguousarray(self.items[i])).convert("RGB")
-        return open_image(self.items[i])
+        return open_image(self.items[i], draft=decode_size)
 
     def native_size(self, sample: int = 64) -> int | None:
         """The median short side, in pixels, of the images (a seeded sample of ``sample`` files, read
@@ -118,14 +120,19 @@ class Splits:
 
 
 class TorchDataset:
-    """A ``torch.utils.data.Dataset`` view of a :class:`LabeledDataset`: ``(transform(item), label)``."""
+    """A ``torch.utils.data.Dataset`` view of a :class:`LabeledDataset`: ``(transform(item), label)``.
+
+    A transform with a ``decode_size`` attribute (a backbone's eval transform) has large JPEGs
+    decoded at reduced scale (see :meth:`headstart.backbones.base.Preprocessing.decode_size`)."""
 
     def __init__(self, ds: LabeledDataset, transform):
         self.ds = ds
         self.transform = transform
+        self.decode_size = getattr(transform, "decode_size", None) if ds.modality == "image" else None
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, i: int):
-        return self.transform(self.ds.load(i)), int(self.ds.labels[i])
+        item = self.ds.load(i, decode_size=self.decode_size) if self.decode_size is not None else self.ds.load(i)
+        return self.transform(item), int(self.ds.labels[i])

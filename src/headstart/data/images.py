@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import IO
+from typing import IO, Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -40,15 +40,22 @@ class _BadImage(Exception):
     """Internal: why a file could not be used (the path is added by the caller)."""
 
 
-def open_image(path: str | os.PathLike | IO[bytes], *, max_pixels: int | None = None, name: str | None = None) -> Image.Image:
+def open_image(path: str | os.PathLike | IO[bytes], *, max_pixels: int | None = None, name: str | None = None,
+               draft: Callable[[int, int], tuple[int, int]] | None = None) -> Image.Image:
     """Decode ``path`` (a file path, or a binary file object such as ``io.BytesIO(upload)``) into an
     8-bit RGB image with its EXIF orientation applied.
+
+    ``draft(width, height)``, given the (upright) image size, returns the smallest size the caller
+    needs, e.g. :meth:`Preprocessing.decode_size <headstart.backbones.base.Preprocessing.decode_size>`:
+    a JPEG is then decoded at the largest of 1/2, 1/4, 1/8 scale that is at least that large
+    (libjpeg's DCT scaling, several times faster than a full decode); other formats, and JPEGs too
+    small to reduce, are decoded in full. Truncated files are still refused.
 
     Raises :class:`DataError` naming the file (``name``, else the path, else ``<in-memory image>``)
     and the reason for a missing, empty, non-image, corrupt, truncated or too large file.
     """
     try:
-        img = _decode(path, max_pixels, draft=False)
+        img = _decode(path, max_pixels, draft=draft or False)
     except _BadImage as e:
         raise DataError(f"cannot read image {name or _describe(path)}: {e}") from None
     with img:  # close the file (multi-frame formats keep it open); return a detached image
@@ -69,8 +76,11 @@ def check_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> st
     return None
 
 
-def _decode(path: str | os.PathLike | IO[bytes], max_pixels: int | None, *, draft: bool) -> Image.Image:
-    """Open, check the declared size, and fully load ``path``; raise :class:`_BadImage`."""
+def _decode(path: str | os.PathLike | IO[bytes], max_pixels: int | None, *, draft: bool | Callable[[int, int], tuple[int, int]]) -> Image.Image:
+    """Open, check the declared size, and fully load ``path``; raise :class:`_BadImage`.
+
+    ``draft``: ``True`` decodes JPEGs at 1/8 scale (a check that still reads every byte); a callable
+    gives the smallest size needed (see :func:`open_image`)."""
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings():
@@ -91,14 +101,29 @@ def _decode(path: str | os.PathLike | IO[bytes], max_pixels: int | None, *, draf
     except (OSError, ValueError, SyntaxError) as e:
         raise _BadImage(f"not a readable image ({e})") from None
     _check_size(img, limit)
-    if draft and img.format == "JPEG":
+    if draft is True and img.format == "JPEG":
         img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+    elif callable(draft) and img.format == "JPEG":
+        img.draft("RGB", _stored_size(img, draft))
     try:
         img.load()
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         img.close()
         raise _BadImage(f"corrupt or truncated {img.format or 'image'} file ({e}); re-export or remove it") from None
     return img
+
+
+def _stored_size(img: Image.Image, needed: Callable[[int, int], tuple[int, int]]) -> tuple[int, int]:
+    """``needed`` of the upright size, in the file's stored orientation (EXIF 5-8 swap the axes)."""
+    try:
+        swap = img.getexif().get(0x0112) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: _to_rgb ignores it too
+        swap = False
+    w, h = img.size
+    if not swap:
+        return tuple(needed(w, h))
+    nw, nh = needed(h, w)
+    return (nh, nw)
 
 
 def _check_size(img: Image.Image, limit: int) -> None:

@@ -106,7 +106,8 @@ class OpenVinoRunner:
 
     name = "openvino"
 
-    def __init__(self, path: Path, *, hint: str = OV_HINT, chunk: int = OV_CHUNK, pinning: bool = OV_PINNING):
+    def __init__(self, path: Path, *, hint: str | None = None, chunk: int = OV_CHUNK, pinning: bool = OV_PINNING):
+        hint = hint or OV_HINT
         self.chunk, self.hint = chunk, hint
         self.compiled = _ov_compiled(path, hint=hint, pinning=pinning)
         if hint == "THROUGHPUT":
