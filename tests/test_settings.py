@@ -25,7 +25,7 @@ NON_DEFAULT = {
     "heads": ("separate", ["--heads", "separate", "--from", "runs/old"]), "unlabeled": ("more/", ["--unlabeled", "more/"]),
     "text_col": ("body", ["--text-col", "body"]), "label_col": ("y", ["--label-col", "y"]), "classes": ("a,b", ["--classes", "a,b"]), "image_size": (96, ["--image-size", "96"]),
     "backbone": ("tiny_cnn", ["-b", "tiny_cnn"]), "candidates": ("tiny_cnn,scratch_cnn", ["--candidates", "tiny_cnn,scratch_cnn"]),
-    "weights": ("w.safetensors", ["--weights", "w.safetensors"]), "runtime": ("torch", ["--runtime", "torch"]), "cache": (False, ["--no-cache"]),
+    "weights": ("w.safetensors", ["--weights", "w.safetensors"]), "runtime": ("torch", ["--runtime", "torch"]), "feature_precision": ("f32", ["--feature-precision", "f32"]), "cache": (False, ["--no-cache"]),
     "head": ("mlp", ["--head", "mlp"]), "hidden": (64, ["--hidden", "64"]), "dropout": (0.1, ["--dropout", "0.1"]),
     "class_weights": ("balanced", ["--class-weights", "balanced"]), "threshold": ("youden", ["--threshold", "youden"]), "calibrate": ("temperature", ["--calibrate", "temperature"]),
     "sampler": ("balanced", ["--sampler", "balanced", "-s", "finetune"]), "strategy": ("finetune", ["-s", "finetune"]), "seed": (3, ["--seed", "3"]),

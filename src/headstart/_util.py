@@ -48,13 +48,14 @@ def ort_session(path: "str | os.PathLike", threads: int | None = None):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def ov_cpu_model(path: "str | os.PathLike", *, hint: str = "LATENCY", threads: int | None = None, pinning: bool | None = None):
-    """``path`` (ONNX or OpenVINO IR) compiled by OpenVINO for CPU in fp32 (the CPU plugin defaults to
-    bf16 where the CPU has it, which changes the logits), with ``PERFORMANCE_HINT`` ``hint`` and
-    ``threads`` inference threads (default: the available cores). Needs only openvino (no torch)."""
+def ov_cpu_model(path: "str | os.PathLike", *, hint: str = "LATENCY", threads: int | None = None, pinning: bool | None = None,
+                 precision: str = "f32"):
+    """``path`` (ONNX or OpenVINO IR) compiled by OpenVINO for CPU in ``precision`` (default fp32: the CPU
+    plugin defaults to bf16 where the CPU has it, which changes the logits), with ``PERFORMANCE_HINT``
+    ``hint`` and ``threads`` inference threads (default: the available cores). Needs only openvino (no torch)."""
     import openvino as ov
 
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads or available_cores()}
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads or available_cores()}
     if pinning is not None:
         config["ENABLE_CPU_PINNING"] = pinning
     core = ov.Core()

@@ -150,6 +150,11 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
                 else resolve_image_size(d.image_size, bb, splits.train, "linear" if tr.strategy == "auto" else tr.strategy))
         bb.preprocessing = dataclasses.replace(bb.preprocessing, input_size=(size, size))
         log.info("input size %d px (%s)", size, "auto" if d.image_size == "auto" else "set")
+        from .features.precision import choose_precision  # bf16 features only where they agree with fp32 on these images
+
+        total = sum(len(x) for x in (splits.train, splits.val, splits.test) if x is not None)
+        choose_precision(bb, splits.train, setting=b.feature_precision, runtime=b.runtime, total_items=total, batch_size=tr.batch_size,
+                         cache=b.cache, seed=tr.seed)
     _load_inputs(method, s, splits)
     if cont is not None:
         cont.old_task(method, bb, splits, s)  # the old run's figures on the old task; a continual method gets the old model

@@ -322,6 +322,8 @@ def _build_backbone(meta: dict[str, Any], tensors: dict[str, torch.Tensor], run_
     bb.load_state_dict(sd)
     bb.preprocessing = preprocessing_from_dict(meta["backbone"]["preprocessing"])
     bb.provenance = Provenance.from_dict(meta["backbone"]["provenance"])
+    if meta["backbone"].get("feature_precision"):  # the run's bf16/fp32 decision (features.precision): predict uses the same
+        bb.feature_precision = meta["backbone"]["feature_precision"]
     bb.eval()
     return bb
 

@@ -214,4 +214,5 @@ class Backbone(nn.Module):
             "preprocessing": self.preprocessing.to_dict(),
             "provenance": self.provenance.to_dict(),
             "num_layer_groups": len(self.layer_groups()),
+            **({"feature_precision": self.feature_precision} if getattr(self, "feature_precision", None) else {}),
         }

@@ -24,6 +24,7 @@ import torch
 from .._util import available_cores
 from ..data.dataset import LabeledDataset, TorchDataset
 from .cache import FeatureCache, backbone_fingerprint, default_cache_dir, item_keys
+from .precision import backbone_precision
 from .runtime import RUNTIMES, make_runner
 
 logger = logging.getLogger("headstart.features")
@@ -43,6 +44,7 @@ def extract_features(
     cache_dir: str | Path | None = None,
     progress: bool = False,
     num_workers: int | None = None,
+    precision: str | None = None,
 ) -> np.ndarray:
     """Pooled features of every item of ``dataset``, in dataset order: ``(N, num_features)`` float32.
 
@@ -63,6 +65,8 @@ def extract_features(
         progress: show a progress bar (rich).
         num_workers: decoding threads running ahead of inference; default: sized from the first
             batch so that decoding and inference share the cores by their cost (:func:`decode_threads`).
+        precision: ``"f32"`` or ``"bf16"`` (OpenVINO on CPU; its features have their own cache key);
+            default: what the run decided for this backbone (:mod:`.precision`), else fp32.
 
     Example:
         >>> feats = extract_features(create_backbone("efficientnet_lite0"), ds)  # doctest: +SKIP
@@ -89,11 +93,17 @@ def extract_features(
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     need_fp = cache or runtime != "torch"
     fingerprint = backbone_fingerprint(backbone) if need_fp else ""
+    if precision is None:
+        precision = backbone_precision(backbone, fingerprint) if runtime in ("auto", "openvino") else "f32"
+    elif precision not in ("f32", "bf16"):
+        raise ValueError(f"The 'precision' parameter must be 'f32', 'bf16' or None; got {precision!r}.")
+    elif precision == "bf16" and runtime not in ("auto", "openvino"):
+        raise ValueError(f"precision='bf16' runs in OpenVINO; runtime={runtime!r} cannot. Use runtime='auto' or 'openvino', or precision='f32'.")
 
     store, keys = None, None
     missing = np.arange(n)
     if cache and n:
-        cache_fp = image_cache_fingerprint(fingerprint)
+        cache_fp = image_cache_fingerprint(fingerprint, precision)
         store = FeatureCache(root, cache_fp)
         keys = item_keys(cache_fp, n, dataset.item_bytes)
         found = store.lookup(keys, out)
@@ -110,7 +120,7 @@ def extract_features(
         try:
             for x in batches:
                 if runner is None:
-                    runner = make_runner(runtime, backbone, x, fingerprint=fingerprint, cache_dir=root)
+                    runner = make_runner(runtime, backbone, x, fingerprint=fingerprint, cache_dir=root, precision=precision)
                     stats["runner"] = runner
                 t_infer = time.perf_counter()
                 feats = runner(x)
@@ -128,15 +138,15 @@ def extract_features(
     dt = time.perf_counter() - t1
     logger.info(
         "features: computed %d items with runtime %s in %.1fs (%.1f items/s; %s)",
-        len(missing), runner.name if runner else "-", dt, len(missing) / max(dt, 1e-9), stats.get("plan", "one batch"),
+        len(missing), f"{runner.name} {getattr(runner, 'precision', 'f32')}" if runner else "-", dt, len(missing) / max(dt, 1e-9), stats.get("plan", "one batch"),
     )
     return out
 
 
-def image_cache_fingerprint(fingerprint: str) -> str:
-    """The feature-cache key of an image backbone: its fingerprint and how images are decoded
-    (:data:`DECODE`), so features from another decoding are never reused."""
-    return hashlib.sha256(f"{fingerprint}|decode={DECODE}".encode()).hexdigest()
+def image_cache_fingerprint(fingerprint: str, precision: str = "f32") -> str:
+    """The feature-cache key of an image backbone: its fingerprint, how images are decoded
+    (:data:`DECODE`) and the precision, so features from another decoding or precision are never reused."""
+    return hashlib.sha256(f"{fingerprint}|decode={DECODE}|precision={precision}".encode()).hexdigest()
 
 
 def _decoded_batches(tds: TorchDataset, index: np.ndarray, batch_size: int, threads: int | None, stats: dict) -> Iterator[torch.Tensor]:

@@ -106,10 +106,10 @@ class OpenVinoRunner:
 
     name = "openvino"
 
-    def __init__(self, path: Path, *, hint: str | None = None, chunk: int = OV_CHUNK, pinning: bool = OV_PINNING):
+    def __init__(self, path: Path, *, hint: str | None = None, chunk: int = OV_CHUNK, pinning: bool = OV_PINNING, precision: str = "f32"):
         hint = hint or OV_HINT
-        self.chunk, self.hint = chunk, hint
-        self.compiled = _ov_compiled(path, hint=hint, pinning=pinning)
+        self.chunk, self.hint, self.precision = chunk, hint, precision
+        self.compiled = _ov_compiled(path, hint=hint, pinning=pinning, precision=precision)
         if hint == "THROUGHPUT":
             import openvino as ov
 
@@ -139,28 +139,37 @@ _OV_COMPILED_MAX = 4  # the least recently used compiled model beyond this is dr
 _OV_LOCK = threading.Lock()
 
 
-def _ov_compiled(path: Path, *, hint: str, pinning: bool):
-    """``path`` compiled by OpenVINO for CPU in fp32 (:func:`headstart._util.ov_cpu_model`); compiled
+def _ov_compiled(path: Path, *, hint: str, pinning: bool, precision: str = "f32"):
+    """``path`` compiled by OpenVINO for CPU in ``precision`` (:func:`headstart._util.ov_cpu_model`); compiled
     once per process and configuration."""
-    key = (str(Path(path).resolve()), hint, pinning, available_cores())
+    key = (str(Path(path).resolve()), hint, pinning, precision, available_cores())
     with _OV_LOCK:
         compiled = _OV_COMPILED.pop(key, None)
         if compiled is None:
-            compiled = ov_cpu_model(path, hint=hint, pinning=pinning)
+            compiled = ov_cpu_model(path, hint=hint, pinning=pinning, precision=precision)
         _OV_COMPILED[key] = compiled  # most recently used last
         while len(_OV_COMPILED) > _OV_COMPILED_MAX:
             del _OV_COMPILED[next(iter(_OV_COMPILED))]
         return compiled
 
 
-def make_runner(runtime: str, backbone: torch.nn.Module, sample: torch.Tensor, *, fingerprint: str, cache_dir: Path) -> Runner:
+def make_runner(runtime: str, backbone: torch.nn.Module, sample: torch.Tensor, *, fingerprint: str, cache_dir: Path,
+                precision: str = "f32") -> Runner:
     """The runner for ``runtime`` ("auto" | "openvino" | "onnx" | "torch"); ``backbone`` must be in eval mode.
 
     ``sample`` is a real preprocessed batch, used to verify a fresh ONNX export (and, once per
     OpenVINO version, OpenVINO's output) against eager torch. ``runtime="openvino"`` / ``"onnx"``
     raise if the backbone cannot be exported or that runtime gives different features; ``"auto"``
-    falls back OpenVINO -> ONNX Runtime -> torch and logs why.
+    falls back OpenVINO -> ONNX Runtime -> torch and logs why. ``precision="bf16"``: OpenVINO in
+    bf16 (after its fp32 output was verified; whether bf16 agrees is :mod:`.precision`'s check),
+    an error if OpenVINO is not usable: bf16 features must not silently be fp32 ones.
     """
+    if precision == "bf16":
+        path = onnx_model(backbone, sample, fingerprint=fingerprint, cache_dir=cache_dir)
+        openvino_runner(backbone, path, sample)  # the export and OpenVINO itself verified in fp32
+        runner = OpenVinoRunner(path, precision="bf16")
+        logger.info("features: runtime openvino (bf16, %s)", runner.hint)
+        return runner
     device = _device_of(backbone)
     if runtime == "torch" or (runtime == "auto" and device.type != "cpu"):
         if runtime == "auto":

@@ -1,0 +1,138 @@
+"""bf16 features where they agree with fp32: the check that decides, once per run, on its own images.
+
+On CPUs with native bf16 (AVX-512 BF16 / AMX), OpenVINO runs EfficientNet-Lite0 about twice as fast
+in bf16 as in fp32 (``benchmarks/extract_speed.py``), but bf16 features are not fp32 features. So a
+run with ``--feature-precision auto`` (the default) extracts a seeded sample of its training images both
+ways and uses bf16 only if
+
+- the features agree: mean cosine similarity >= :data:`MIN_COSINE`, and
+- a probe agrees: logistic regressions fit on the fp32 features (two folds, each predicting the
+  half it was not fit on) give the same top-1 class on the bf16 features for >= :data:`MIN_AGREEMENT`
+  of the sample.
+
+Otherwise fp32, and the log and ``model.json`` say which and why. The decision is stored on the
+backbone (``feature_precision``, with the backbone fingerprint it was checked for), so every later
+extraction of the run, and ``predict`` on the saved run, use the same precision; a backbone whose
+weights change (fine-tuning) has another fingerprint and goes back to fp32. bf16 features have their
+own cache key. ``--feature-precision f32`` never uses bf16; ``bf16`` skips the check.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger("headstart.features")
+
+PRECISIONS = ("auto", "f32", "bf16")
+MIN_AGREEMENT = 0.995  # probe top-1 agreement, bf16 vs fp32 features (issue 16)
+MIN_COSINE = 0.999  # mean cosine similarity of bf16 and fp32 features
+SAMPLE = 512  # training images checked
+#: Below this many images to extract in the run, the check (the sample in fp32 and bf16) costs more
+#: than bf16 saves: about 2 ms per image on 2 cores against ~8 s for the check.
+MIN_ITEMS = 2048
+
+
+def bf16_supported() -> bool:
+    """Whether OpenVINO is installed and reports native bf16 on this CPU."""
+    try:
+        import openvino as ov
+
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # noqa: BLE001 - not installed, or no CPU plugin
+        return False
+
+
+def choose_precision(backbone: Any, dataset: Any, *, setting: str = "auto", runtime: str = "auto", total_items: int | None = None,
+                     batch_size: int = 64, cache: bool = True, cache_dir: Any = None, sample: int = SAMPLE, seed: int = 0) -> dict[str, Any]:
+    """Decide the precision of ``backbone``'s features for a run on ``dataset`` (its training split);
+    store the decision on the backbone (``backbone.feature_precision``) and return it:
+    ``{"precision": "f32" | "bf16", "reason": ..., and the check's figures when it ran}``.
+
+    ``total_items``: the images the run will extract (default ``len(dataset)``); below
+    :data:`MIN_ITEMS`, ``auto`` stays fp32 without checking.
+    """
+    from .cache import backbone_fingerprint
+
+    if setting not in PRECISIONS:
+        raise ValueError(f"The 'precision' parameter must be one of {set(PRECISIONS)}; got {setting!r}.")
+    decision: dict[str, Any] = {"precision": "f32", "fingerprint": backbone_fingerprint(backbone)}
+    total = len(dataset) if total_items is None else int(total_items)
+    if setting == "f32":
+        decision["reason"] = "--feature-precision f32"
+    elif runtime not in ("auto", "openvino"):
+        decision["reason"] = f"runtime {runtime!r} (bf16 features need OpenVINO)"
+    elif _on_gpu(backbone):
+        decision["reason"] = "backbone on a GPU (features in torch)"
+    elif not bf16_supported():
+        decision["reason"] = "this CPU has no native bf16 (or OpenVINO is not installed)"
+    elif setting == "bf16":
+        decision.update(precision="bf16", reason="--feature-precision bf16 (not checked)")
+    elif total < MIN_ITEMS:
+        decision["reason"] = f"{total} images to extract: fewer than {MIN_ITEMS}, bf16 would save less than its check costs"
+    else:
+        decision.update(check(backbone, dataset, batch_size=batch_size, cache=cache, cache_dir=cache_dir, sample=sample, seed=seed))
+    backbone.feature_precision = decision
+    logger.info("features: precision %s (%s)", decision["precision"], decision["reason"])
+    return decision
+
+
+def check(backbone: Any, dataset: Any, *, batch_size: int = 64, cache: bool = True, cache_dir: Any = None, sample: int = SAMPLE,
+          seed: int = 0, min_agreement: float = MIN_AGREEMENT, min_cosine: float = MIN_COSINE) -> dict[str, Any]:
+    """Extract a seeded sample of ``dataset`` in fp32 and bf16 (OpenVINO) and compare: the decision
+    ``{"precision", "reason", "agreement", "cosine_mean", "cosine_min", "checked"}``."""
+    from .extract import extract_features
+
+    labels = np.asarray(dataset.labels)
+    idx = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:sample])
+    sub = dataset.subset(idx)
+    classes, counts = np.unique(labels[idx], return_counts=True)
+    if len(classes) < 2 or counts.min() < 2:
+        return {"precision": "f32", "reason": f"too few labeled images to check bf16 ({len(idx)} sampled, {len(classes)} classes)"}
+    kw = dict(batch_size=batch_size, runtime="openvino", cache=cache, cache_dir=cache_dir)
+    f32 = extract_features(backbone, sub, precision="f32", **kw)
+    bf16 = extract_features(backbone, sub, precision="bf16", **kw)
+    agreement, cosine = probe_agreement(f32, bf16, labels[idx], seed=seed), row_cosine(f32, bf16)
+    figures = {"agreement": agreement, "cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()), "checked": int(len(idx))}
+    ok = agreement >= min_agreement and figures["cosine_mean"] >= min_cosine
+    said = (f"on {len(idx)} training images: probe agreement {100 * agreement:.2f}% (>= {100 * min_agreement:g}% needed), "
+            f"feature cosine mean {figures['cosine_mean']:.5f} (>= {min_cosine:g} needed)")
+    return {"precision": "bf16" if ok else "f32", "reason": ("bf16 agrees with fp32 " if ok else "bf16 refused: ") + said, **figures}
+
+
+def probe_agreement(reference: np.ndarray, other: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> float:
+    """Share of items whose top-1 class is the same on ``reference`` and ``other`` features, for
+    logistic regressions fit on ``reference`` (standardised), each item predicted by the fold it
+    was not fit on (two stratified folds)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    same = np.zeros(len(labels), dtype=bool)
+    for fit_idx, held in StratifiedKFold(2, shuffle=True, random_state=seed).split(reference, labels):
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(reference[fit_idx], labels[fit_idx])
+        same[held] = probe.predict(reference[held]) == probe.predict(other[held])
+    return float(same.mean())
+
+
+def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of ``a`` with the same row of ``b`` (1 for two zero rows)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    both_zero = (na == 0) & (nb == 0)
+    cos = (a * b).sum(1) / np.maximum(na * nb, 1e-30)
+    return np.where(both_zero, 1.0, cos)
+
+
+def backbone_precision(backbone: Any, fingerprint: str) -> str:
+    """The precision decided for ``backbone`` (``feature_precision``), if it was decided for these
+    weights and preprocessing (``fingerprint``); else fp32."""
+    decision = getattr(backbone, "feature_precision", None) or {}
+    return "bf16" if decision.get("precision") == "bf16" and decision.get("fingerprint") == fingerprint else "f32"
+
+
+def _on_gpu(backbone: Any) -> bool:
+    return any(p.device.type != "cpu" for p in backbone.parameters())

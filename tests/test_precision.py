@@ -1,0 +1,119 @@
+"""features.precision: bf16 features only where a check on the run's own images shows they agree with fp32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from headstart.backbones.registry import create_backbone
+from headstart.data.dataset import LabeledDataset
+from headstart.features import backbone_fingerprint, extract_features
+from headstart.features import precision as precision_mod
+
+
+def _dataset(n: int = 60, seed: int = 0) -> LabeledDataset:
+    rng = np.random.default_rng(seed)
+    return LabeledDataset(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.arange(n) % 3, ["a", "b", "c"], source="test")
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return create_backbone("tiny_cnn")
+
+
+@pytest.fixture
+def simulated(monkeypatch):
+    """bf16 'supported', and extraction replaced by separable fp32 features plus a chosen bf16 error."""
+    rng = np.random.default_rng(0)
+    state = {"noise": 0.0, "calls": []}
+
+    def fake_extract(backbone, ds, *, precision, **kw):
+        state["calls"].append(precision)
+        centers = np.eye(3, 16) * 4.0
+        f32 = centers[ds.labels] + np.random.default_rng(1).normal(0, 1.0, (len(ds), 16))
+        return f32 if precision == "f32" else f32 + rng.normal(0, state["noise"], f32.shape)
+
+    monkeypatch.setattr(precision_mod, "bf16_supported", lambda: True)
+    monkeypatch.setattr("headstart.features.extract.extract_features", fake_extract)
+    return state
+
+
+def test_bf16_chosen_when_probe_and_features_agree(tiny, simulated):
+    simulated["noise"] = 1e-4
+    d = precision_mod.choose_precision(tiny, _dataset(), total_items=10_000)
+    assert d["precision"] == "bf16" and d["agreement"] == 1.0 and d["cosine_mean"] > 0.999
+    assert simulated["calls"] == ["f32", "bf16"] and "agrees" in d["reason"]
+    assert tiny.feature_precision is d
+
+
+def test_bf16_refused_when_agreement_falls_below_the_threshold(tiny, simulated):
+    simulated["noise"] = 3.0  # predictions flip
+    d = precision_mod.choose_precision(tiny, _dataset(), total_items=10_000)
+    assert d["precision"] == "f32" and d["agreement"] < precision_mod.MIN_AGREEMENT
+    assert d["reason"].startswith("bf16 refused") and "probe agreement" in d["reason"]
+
+
+def test_bf16_refused_when_features_differ_though_predictions_agree(tiny, simulated, monkeypatch):
+    simulated["noise"] = 0.12  # cosine below 0.999, argmax unchanged
+    monkeypatch.setattr(precision_mod, "MIN_AGREEMENT", 0.0)
+    d = precision_mod.check(tiny, _dataset(), min_agreement=0.0)
+    assert d["precision"] == "f32" and d["cosine_mean"] < precision_mod.MIN_COSINE
+
+
+@pytest.mark.parametrize("kw, reason", [
+    ({"setting": "f32"}, "--feature-precision f32"),
+    ({"runtime": "onnx"}, "runtime 'onnx'"),
+    ({"total_items": 100}, "fewer than"),
+])
+def test_no_check_where_bf16_cannot_pay_or_was_not_asked(tiny, simulated, kw, reason):
+    d = precision_mod.choose_precision(tiny, _dataset(), **{"total_items": 10_000, **kw})
+    assert d["precision"] == "f32" and reason in d["reason"] and simulated["calls"] == []
+
+
+def test_bf16_forced_skips_the_check_and_unsupported_cpu_stays_f32(tiny, simulated, monkeypatch):
+    assert precision_mod.choose_precision(tiny, _dataset(), setting="bf16")["precision"] == "bf16"
+    monkeypatch.setattr(precision_mod, "bf16_supported", lambda: False)
+    d = precision_mod.choose_precision(tiny, _dataset(), setting="bf16")
+    assert d["precision"] == "f32" and "no native bf16" in d["reason"] and simulated["calls"] == []
+    with pytest.raises(ValueError, match="'precision' parameter"):
+        precision_mod.choose_precision(tiny, _dataset(), setting="fp8")
+
+
+def test_decision_applies_only_to_the_weights_it_was_checked_on(tiny):
+    fp = backbone_fingerprint(tiny)
+    tiny.feature_precision = {"precision": "bf16", "fingerprint": fp}
+    assert precision_mod.backbone_precision(tiny, fp) == "bf16"
+    with torch.no_grad():
+        next(tiny.parameters()).add_(1.0)  # fine-tuned: another fingerprint
+    assert precision_mod.backbone_precision(tiny, backbone_fingerprint(tiny)) == "f32"
+
+
+def test_bf16_features_have_their_own_cache_key(tiny, tmp_path):
+    if not precision_mod.bf16_supported():
+        pytest.skip("this CPU has no native bf16 in OpenVINO")
+    ds = _dataset(12)
+    f32 = extract_features(tiny, ds, precision="f32", cache_dir=tmp_path)
+    bf16 = extract_features(tiny, ds, precision="bf16", cache_dir=tmp_path)
+    assert not np.array_equal(f32, bf16) and np.allclose(f32, bf16, rtol=0.05, atol=0.05)
+    np.testing.assert_array_equal(extract_features(tiny, ds, precision="f32", cache_dir=tmp_path), f32)
+    np.testing.assert_array_equal(extract_features(tiny, ds, precision="bf16", cache_dir=tmp_path), bf16)
+
+
+def test_bf16_needs_openvino(tiny):
+    with pytest.raises(ValueError, match="precision='bf16' runs in OpenVINO"):
+        extract_features(tiny, _dataset(4), precision="bf16", runtime="onnx", cache=False)
+
+
+def test_the_decision_travels_with_the_run(tmp_path):
+    import headstart
+
+    if not precision_mod.bf16_supported():
+        pytest.skip("this CPU has no native bf16 in OpenVINO")
+    ds = _dataset(30)
+    model = headstart.fit(ds, backbone="tiny_cnn", strategy="linear", feature_precision="bf16", out=tmp_path / "run", image_size=32)
+    assert model.backbone.feature_precision["precision"] == "bf16"
+    again = headstart.load(tmp_path / "run")
+    assert again.backbone.feature_precision == model.backbone.feature_precision
+    np.testing.assert_allclose(again.predict_proba(ds.items[:5]), model.predict_proba(ds.items[:5]), atol=1e-6)
