@@ -150,11 +150,8 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
                 else resolve_image_size(d.image_size, bb, splits.train, "linear" if tr.strategy == "auto" else tr.strategy))
         bb.preprocessing = dataclasses.replace(bb.preprocessing, input_size=(size, size))
         log.info("input size %d px (%s)", size, "auto" if d.image_size == "auto" else "set")
-        from .features.precision import choose_precision  # bf16 features only where they agree with fp32 on these images
-
-        total = sum(len(x) for x in (splits.train, splits.val, splits.test) if x is not None)
-        choose_precision(bb, splits.train, setting=b.feature_precision, runtime=b.runtime, total_items=total, batch_size=tr.batch_size,
-                         cache=b.cache, seed=tr.seed)
+        from .features.precision import choose_for_run
+        choose_for_run(bb, splits, s)  # bf16 features only where they agree with fp32 on the run's images
     _load_inputs(method, s, splits)
     if cont is not None:
         cont.old_task(method, bb, splits, s)  # the old run's figures on the old task; a continual method gets the old model
@@ -193,12 +190,10 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         # cached features, then the encoder unfrozen from the top, one more layer group per epoch (train.text_recipe).
         from .train.recipes import default_lr
         from .train.text_recipe import fit_text_finetune
-
         head_mod, history = fit_text_finetune(
             bb, splits, seed=tr.seed, class_weights=cw, batch_size=tr.batch_size, epochs=epochs, lr=default_lr(tr.lr), backbone_lr=tr.backbone_lr,
             patience=tr.patience, progress=o.progress, dropout=None, timings=timings, runtime=b.runtime, cache=b.cache, unfreeze=tr.unfreeze,
-            method=method,
-        )
+            method=method)
     elif trained == "setfit":  # texts: the encoder trained on pairs in the loop, then the probe on its new embeddings (train.setfit)
         from .train.setfit import fit_setfit
         loop_info = fit_setfit(bb, splits, s, timings=timings, max_time=budget.left(_reserve_seconds(splits, timings, budget)))

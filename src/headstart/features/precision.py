@@ -79,6 +79,14 @@ def choose_precision(backbone: Any, dataset: Any, *, setting: str = "auto", runt
     return decision
 
 
+def choose_for_run(backbone: Any, splits: Any, settings: Any) -> dict[str, Any]:
+    """:func:`choose_precision` for a run of ``settings`` on ``splits`` (checked on its training split)."""
+    b, tr = settings.backbone, settings.training
+    total = sum(len(x) for x in (splits.train, splits.val, splits.test) if x is not None)
+    return choose_precision(backbone, splits.train, setting=b.feature_precision, runtime=b.runtime, total_items=total,
+                            batch_size=tr.batch_size, cache=b.cache, seed=tr.seed)
+
+
 def check(backbone: Any, dataset: Any, *, batch_size: int = 64, cache: bool = True, cache_dir: Any = None, sample: int = SAMPLE,
           seed: int = 0, min_agreement: float = MIN_AGREEMENT, min_cosine: float = MIN_COSINE) -> dict[str, Any]:
     """Extract a seeded sample of ``dataset`` in fp32 and bf16 (OpenVINO) and compare: the decision
