@@ -15,7 +15,12 @@ Methods, each trained on the same texts and tested on the same test texts:
   ``LinearSVC(C=0.5)`` (the issue's baseline; :func:`headstart.backbones.tfidf.sparse_baseline`);
 - ``tfidf``: ``headstart.fit(backbone="tfidf")`` (linear probe);
 - ``minilm_l6``: ``headstart.fit(backbone="minilm_l6")`` (linear probe; features cached);
-- ``minilm_l6+tfidf``: the hybrid (each block at unit total variance on train).
+- ``minilm_l6+tfidf``: the hybrid (each block at unit total variance on train);
+- ``setfit``: ``headstart.fit(backbone="minilm_l6", strategy="setfit")`` (SetFit-style: the encoder
+  fine-tuned on ``--pairs`` same-class / cross-class pairs of the training texts, then the probe).
+
+``--pair-sweep 320,640,1280,2560``: ``setfit`` at each pair count (``setfit@N`` rows) in the few-shot
+regimes, to choose :data:`headstart.train.setfit.DEFAULT_PAIRS`.
 
 Full data also measures the hybrid's block scaling on the validation split: unscaled blocks (both
 are L2-normalised rows), unit total variance (the default), and unit variance with TF-IDF weighted
@@ -35,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rows import Rows, add_arguments, merged  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rotten_tomatoes.csv"
-METHODS = ("sklearn tfidf+svm", "tfidf", "minilm_l6", "minilm_l6+tfidf")
+METHODS = ("sklearn tfidf+svm", "tfidf", "minilm_l6", "minilm_l6+tfidf", "setfit")
 
 
 def _subset(ds, k: int, seed: int):
@@ -44,7 +49,7 @@ def _subset(ds, k: int, seed: int):
     return ds.subset(np.sort(idx))
 
 
-def _run(method: str, splits) -> tuple[float, float, dict]:
+def _run(method: str, splits, pairs: int | None = None, seed: int = 0) -> tuple[float, float, dict]:
     import headstart
     from headstart.backbones.tfidf import sparse_baseline
 
@@ -52,9 +57,16 @@ def _run(method: str, splits) -> tuple[float, float, dict]:
     if method == "sklearn tfidf+svm":
         acc = sparse_baseline(splits.train.items, splits.train.labels, splits.test.items, splits.test.labels)["accuracy"]
         return acc, time.perf_counter() - t, {}
-    model = headstart.fit(splits, backbone=method, save=False)
+    if method.startswith("setfit"):
+        pairs = int(method.partition("@")[2] or 0) or pairs
+        model = headstart.fit(splits, backbone="minilm_l6", strategy="setfit", pairs=pairs, seed=seed, save=False)
+    else:
+        model = headstart.fit(splits, backbone=method, seed=seed, save=False)
     m = model.metrics
-    return m["test"]["accuracy"], time.perf_counter() - t, {"dim": int(model.backbone.num_features), "auc": m["test"].get("roc_auc")}
+    extra = {"dim": int(model.backbone.num_features), "auc": m["test"].get("roc_auc")}
+    if method.startswith("setfit"):
+        extra.update(setfit={k: v for k, v in m["timings_s"].items() if k in ("setfit", "features", "predict", "total")})
+    return m["test"]["accuracy"], time.perf_counter() - t, extra
 
 
 def _scaling(splits) -> list[dict]:
@@ -85,10 +97,11 @@ def _scaling(splits) -> list[dict]:
 
 
 def _table(rows: list[dict]) -> str:
-    lines = ["| regime | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
-    for regime in dict.fromkeys(r["regime"] for r in rows if r["method"] in METHODS):
+    methods = [m for m in dict.fromkeys([*METHODS, *(r["method"] for r in rows)]) if any(r["method"] == m and "accuracy" in r for r in rows)]
+    lines = ["| regime | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for regime in dict.fromkeys(r["regime"] for r in rows if r["method"] in methods):
         cells = []
-        for m in METHODS:
+        for m in methods:
             rs = [r for r in rows if r["regime"] == regime and r["method"] == m]
             if not rs:
                 cells.append("-")
@@ -103,9 +116,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shots", default="8,16,64", help="labeled texts per class (comma-separated); 0: skip")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seed-start", type=int, default=0, help="first seed (seeds seed-start .. seed-start + seeds - 1)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--no-full", action="store_true", help="skip the full-data regime")
     ap.add_argument("--no-scaling", action="store_true", help="skip the hybrid-scaling comparison")
+    ap.add_argument("--pairs", type=int, default=None, help="setfit: pairs (default: headstart's DEFAULT_PAIRS)")
+    ap.add_argument("--pair-sweep", default="", help="comma-separated pair counts: adds setfit@N methods")
     add_arguments(ap)
     args = ap.parse_args()
     done = merged(args)
@@ -115,17 +131,17 @@ def main() -> None:
     from headstart.data import Splits, load_splits
 
     rows = Rows(args.json)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] + [f"setfit@{int(n)}" for n in args.pair_sweep.split(",") if n.strip()]
     sp = load_splits(str(DATA), seed=0)
     if not args.no_full:
         for m in methods:
-            acc, sec, extra = _run(m, sp)
+            acc, sec, extra = _run(m, sp, args.pairs)
             rows.add({"regime": "full", "method": m, "seed": 0, "n_train": len(sp.train), "accuracy": round(acc, 4), "seconds": round(sec, 1), **extra})
     for k in [int(s) for s in args.shots.split(",") if s.strip() and int(s) > 0]:
-        for seed in range(args.seeds):
+        for seed in range(args.seed_start, args.seed_start + args.seeds):
             few = Splits(_subset(sp.train, k, seed), None, sp.test)
             for m in methods:
-                acc, sec, extra = _run(m, few)
+                acc, sec, extra = _run(m, few, args.pairs, seed)
                 rows.add({"regime": f"{k}/class", "method": m, "seed": seed, "n_train": len(few.train), "accuracy": round(acc, 4), "seconds": round(sec, 1), **extra})
     if not args.no_full and not args.no_scaling:  # last: four probes on 25,000-d features
         for r in _scaling(sp):

@@ -97,6 +97,32 @@ def test_settings_and_backbone_errors(tmp_path, tiny_bert):
         fit(one, backbone=tiny_bert, strategy="setfit", save=False, runtime="torch")
 
 
+def test_time_limit_and_unfreeze(tmp_path, tiny_bert):
+    import yaml
+
+    from headstart.backbones import create_backbone
+    from headstart.data import Splits
+    from headstart.fitting import fit
+
+    splits = Splits(toy(16, 0), None, toy(8, 1))
+    model = fit(splits, backbone=tiny_bert, strategy="setfit", pairs=20000, unfreeze=2, time_limit=5, runtime="torch", out=tmp_path / "run")
+    info = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))["training"]["setfit"]
+    assert info["pairs"] == 20000 and info["steps"] < 20000 // 16 and "time limit" in info["stopped"]
+    before = create_backbone(tiny_bert).state_dict()
+    after = model.backbone.state_dict()
+    lower = [k for k in before if "encoder.layer.1." not in k and "pooler" not in k]  # --unfreeze 2: the last layer and the (unused) pooler
+    assert all(torch_equal(before[k], after[k]) for k in lower)
+    assert not all(torch_equal(before[k], after[k]) for k in before)
+    with pytest.raises(HeadstartError, match="--unfreeze 9.*between 1 and 4"):
+        fit(splits, backbone=tiny_bert, strategy="setfit", unfreeze=9, save=False, runtime="torch")
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
 @pytest.fixture(scope="module")
 def setfit_run(tmp_path_factory, tiny_bert):
     from headstart.data import Splits

@@ -202,7 +202,7 @@ class TrainingSettings:
     batch_size: int = opt(64, "Items per batch.")
     patience: int | None = opt(5, "Epochs without a lower validation loss before a stage (or the run) stops.")
     unfreeze: int | str | None = opt(
-        None, "finetune: train the last N layer groups (or 'all') from the start instead of the default recipe; progressive: the deepest stage (default all).")
+        None, "finetune: train the last N layer groups (or 'all') from the start instead of the default recipe; progressive: the deepest stage (default all); setfit: the top N groups train on the pairs (default all).")
     backbone_lr: float | None = opt(None, "Learning rate of the top layer group (default lr/2; lower groups decay by --lr-decay).")
     lr_decay: float = opt(0.85, "Layer-wise learning-rate decay per group from the top (discriminative LRs).")
     freeze_epochs: int = opt(1, "Head warm-up epochs of the default finetune recipe.")

@@ -55,7 +55,7 @@ PAIR_BATCH = 16
 #: Pairs when ``pairs`` is not given. SetFit draws 20 iterations x 2 pairs per training text (1,280
 #: at 16 texts per class); measured on Rotten Tomatoes, 16 per class, 3 seeds (benchmarks/text_strategies.py
 #: --pair-sweep): see the comment at its value in the results (filled in by the sweep).
-DEFAULT_PAIRS = 1280
+DEFAULT_PAIRS = 640
 
 
 def sample_pairs(labels: Sequence[int], n_pairs: int, seed: int = 0, classes: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -165,6 +165,26 @@ def _groups(p: Any) -> list:
         return []
 
 
+#: Seconds kept under a time limit for exporting the new weights to ONNX and verifying them (measured
+#: 10-25 s for MiniLM-L6 on the shared 2-core CPU).
+EXPORT_RESERVE_S = 30.0
+
+
+def _encode_seconds(parts: Sequence[Any], splits: Any, batch_size: int) -> float:
+    """Seconds to keep for encoding every split with the trained encoder(s): one eager forward pass of a
+    batch of training texts, timed here, scaled to all the texts (the ONNX path is faster: an upper bound)."""
+    texts = [str(x) for x in splits.train.items[: max(2, min(batch_size, 32))]]
+    n = sum(len(d) for d in (splits.train, splits.val, splits.test) if d is not None)
+    total = 0.0
+    for enc in parts:
+        x = enc.tokenize(texts, warn=False)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            enc.eval()(x)
+        total += EXPORT_RESERVE_S + (time.perf_counter() - t) / len(texts) * n
+    return total
+
+
 def fit_setfit(bb: Any, splits: Any, settings: Any, *, timings: dict[str, float], max_time: float | None = None) -> dict[str, Any]:
     """Step 1 of the module doc: train ``bb``'s encoder(s) in place on pairs of ``splits.train``; return
     ``{"setfit": what was done, "history": the loop's rows}``. The caller then fits the probe (step 2)."""
@@ -180,13 +200,19 @@ def fit_setfit(bb: Any, splits: Any, settings: Any, *, timings: dict[str, float]
     a, b, t = sample_pairs(splits.train.labels, n_pairs, seed=tr.seed, classes=splits.classes)
     lr = float(tr.backbone_lr or SETFIT_LR)
     t0, history, steps, stopped = time.perf_counter(), [], 0, False
+    if max_time is not None:  # keep time for what follows: the new weights' export and features of every split
+        max_time -= _encode_seconds(parts, splits, tr.batch_size)
     for k, enc in enumerate(parts):
         g = torch.Generator().manual_seed(tr.seed)
         loader = torch.utils.data.DataLoader(_Pairs(splits.train.items, a, b, t), batch_size=PAIR_BATCH, shuffle=True, generator=g,
                                              collate_fn=functools.partial(_collate, enc))
         n_groups = len(_groups(enc))
+        top = n_groups if tr.unfreeze in (None, "all") else int(tr.unfreeze)
+        if not 1 <= top <= n_groups:
+            raise HeadstartError(f"--unfreeze {tr.unfreeze} with --strategy setfit: {enc.name!r} has {n_groups} layer groups. "
+                                 f"Fix: --unfreeze between 1 and {n_groups} (the top groups train), or leave it out (all train).")
         left = None if max_time is None else max(1.0, max_time - (time.perf_counter() - t0))
-        res = train_classifier(enc, PairCosine(), loader, None, stages=[Stage("setfit", 1, n_groups, lr, (lr,) * n_groups)],
+        res = train_classifier(enc, PairCosine(), loader, None, stages=[Stage("setfit", 1, top, lr, (lr,) * n_groups)],
                                criterion=cosine_pair_loss, seed=tr.seed, max_time=left, progress=settings.output.progress,
                                accelerator=hw.accelerator, precision=hw.precision)
         enc.provenance = dataclasses.replace(enc.provenance, source=f"{enc.provenance.source} +setfit", weights_sha256=None)
