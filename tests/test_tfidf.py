@@ -145,6 +145,16 @@ def test_hybrid_run_saves_and_loads(tmp_path, tiny_bert):
     np.testing.assert_allclose(again.predict_proba(texts, runtime="torch"), model.predict_proba(texts, runtime="torch"), atol=1e-5)
 
 
+def test_auto_always_ranks_tfidf_for_texts(tiny_bert):
+    from headstart.fitting import fit
+    from headstart.select.rank import DEFAULT_TEXT_CANDIDATES
+
+    assert "tfidf" in DEFAULT_TEXT_CANDIDATES
+    model = fit(_splits(), backbone="auto", candidates=tiny_bert, save=False, runtime="torch")  # a list without it: tfidf joins
+    ranked = [r["backbone"] for r in model.metrics["backbone_ranking"]]
+    assert sorted(ranked) == sorted([tiny_bert, "tfidf"])
+
+
 # ------------------------------------------------------------------------------------ errors
 def test_clear_errors():
     from headstart.fitting import fit

@@ -140,7 +140,8 @@ class BackboneSettings:
     name: str | None = opt(
         None, "Backbone name (see 'headstart backbones'; default efficientnet_lite0 for images, minilm_l6 for texts), timm:<name>, "
         "hf:<name|folder>, run:<folder>, or 'auto' (the top LogME of --candidates).", flat="backbone", cli=("--backbone", "-b"))
-    candidates: str | None = opt(None, "With --backbone auto: comma-separated backbones to rank (default efficientnet_lite0,efficientnet_lite1,efficientnet_lite2).")
+    candidates: str | None = opt(None, "With --backbone auto: comma-separated backbones to rank (default efficientnet_lite0,efficientnet_lite1,"
+                                 "efficientnet_lite2; texts: minilm_l6,minilm_l3_onnx,glove50,tfidf, and tfidf joins any list given).")
     weights: str | None = opt(None, "Local weights file or folder for the backbone.")
     runtime: str = opt("auto", "Feature extraction runtime: auto | openvino | onnx | torch.")
     feature_precision: str = opt("auto", "Image feature precision on CPU: auto (bf16 where a check on the run's training images shows it agrees "
