@@ -1,6 +1,6 @@
 """Feature-extraction speed: a plain timm eager loop vs ``headstart.extract_features`` (run by hand).
 
-    python benchmarks/extract_speed.py [--n 512] [--batch 32] [--peak-n 10000]
+    python benchmarks/extract_speed.py [--n 512] [--batch 32] [--peak-n 10000] [--photos N] [--folder DIR]
 
 On the same real JPEG files (random crops of ``skimage.data`` photos, 224-400 px, written to a temp
 folder; the class of an image is the photo it was cut from) it measures:
@@ -13,8 +13,16 @@ folder; the class of an image is the photo it was cut from) it measures:
 
 then prints images/s, the speed ratio, the largest absolute feature difference, whether logistic
 regressions trained on each feature set agree on held-out items, the cache-hit time of a second
-call, and the peak resident memory of extracting ``--peak-n`` images in a subprocess. Other
-processes on the machine skew timings: the load average is printed with the results.
+call, and the peak resident memory of extracting ``--peak-n`` images in a subprocess.
+
+The pipeline section (issue 16) then measures, per photo set (generated 500x375 and 4000x3000
+JPEGs of ``--photos`` images each, or the images of ``--folder``): each stage's cost on one core
+(decode + resize + normalise, with and without JPEG draft mode; OpenVINO inference in fp32 and bf16,
+one thread), the bound ``cores / (decode_ms + infer_ms)``, and the achieved end-to-end rate of
+the previous pipeline (one DataLoader worker process, full decode), of ``extract_features`` (fp32)
+and of ``extract_features(precision="bf16")``, as a share of the bound; and the bf16 check
+(``headstart.features.precision.check``: probe agreement and feature cosine against fp32).
+Other processes on the machine skew timings: the load average is printed with the results.
 """
 
 from __future__ import annotations
@@ -132,6 +140,164 @@ def peak_memory(paths: list[str], n: int, batch: int, tmp: Path) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def make_photos(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """``n`` camera-like JPEGs of ``size`` (w, h): crops of skimage photos upscaled, with sensor-like
+    noise (so the file carries fine detail, as a photo does), quality 92; labels: the source photo."""
+    from PIL import Image
+    from skimage import data
+
+    names = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina"]
+    sources = [Image.fromarray(np.asarray(getattr(data, name)())).convert("RGB") for name in names]
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, labels = [], rng.integers(0, len(sources), n)
+    for i, c in enumerate(labels):
+        im = sources[c]
+        w, h = im.size
+        x0, y0 = int(rng.integers(0, w // 4)), int(rng.integers(0, h // 4))
+        crop = im.crop((x0, y0, x0 + 3 * w // 4, y0 + 3 * h // 4)).resize(size, Image.BICUBIC)
+        noisy = np.asarray(crop, dtype=np.float32) + rng.normal(0, 4, (size[1], size[0], 3)).astype(np.float32)
+        paths.append(str(folder / f"photo{i:04d}.jpg"))
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(paths[-1], quality=92)
+    return paths, labels
+
+
+def folder_images(folder: Path) -> tuple[list[str], np.ndarray]:
+    """The images under ``folder``; labels from their parent folder's name."""
+    from headstart.data.images import IMAGE_EXTENSIONS
+
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise SystemExit(f"no images under {folder}")
+    parents = sorted({p.parent.name for p in files})
+    return [str(p) for p in files], np.array([parents.index(p.parent.name) for p in files])
+
+
+class FullDecode:
+    """A backbone's transform without its ``decode_size``: loaders decode every image in full."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, image):
+        return self.transform(image)
+
+
+def stage_costs(bb, ds, onnx_path, batch: int, n: int = 64) -> dict:
+    """Per-image core-milliseconds of each stage, measured one stage at a time on one core."""
+    import torch
+
+    from headstart._util import ov_cpu_model
+    from headstart.data.dataset import TorchDataset
+
+    tf = bb.preprocessing.transform()
+    full = TorchDataset(ds, FullDecode(tf))
+    drafted = TorchDataset(ds, tf)
+    k = min(n, len(ds))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {}
+        for name, tds in (("decode_full_ms", full), ("decode_ms", drafted)):
+            tds[0]
+            t = time.perf_counter()
+            x = torch.stack([tds[i][0] for i in range(k)])
+            out[name] = (time.perf_counter() - t) / k * 1e3
+    finally:
+        torch.set_num_threads(threads)
+    xn = np.ascontiguousarray(x.numpy())
+    for precision in ("f32", "bf16"):
+        request = ov_cpu_model(onnx_path, threads=1, precision=precision).create_infer_request()
+        run = lambda: [request.infer({0: xn[i : i + 4]}) for i in range(0, len(xn), 4)]  # noqa: E731
+        run()
+        t = time.perf_counter()
+        run()
+        out[f"infer_{precision}_ms"] = (time.perf_counter() - t) / len(xn) * 1e3
+    return out
+
+
+def previous_pipeline(paths: list[str], batch: int, cache: Path) -> float:
+    """Images/s of headstart's extraction before issue 16: one DataLoader worker process decoding in
+    full, batch after batch into OpenVINO fp32 (LATENCY), no overlap beyond the worker's prefetch.
+    Run in a fresh process (the worker must start before any OpenVINO thread exists, as it did)."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_previous_rate, paths, batch, str(cache)).result()
+
+
+def _previous_rate(paths: list[str], batch: int, cache: str) -> float:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from headstart.backbones.registry import create_backbone
+    from headstart.data.dataset import LabeledDataset, TorchDataset
+    from headstart.features.cache import backbone_fingerprint
+    from headstart.features.runtime import make_runner
+
+    bb = create_backbone("efficientnet_lite0").eval()
+    ds = LabeledDataset(paths, [0] * len(paths), ["x"])
+    loader = DataLoader(TorchDataset(ds, FullDecode(bb.preprocessing.transform())), batch_size=batch, num_workers=1)
+    runner, t = None, time.perf_counter()
+    batches = iter(loader)  # the worker starts before any runtime thread exists
+    for i, (x, _) in enumerate(batches):
+        if runner is None:
+            runner = make_runner("auto", bb, x, fingerprint=backbone_fingerprint(bb), cache_dir=Path(cache))
+            runner(x)  # compile and warm up: not timed, as the other rows' one-time work is not
+            t = time.perf_counter()
+            continue
+        runner(x)
+    return (len(ds) - min(batch, len(ds))) / (time.perf_counter() - t)
+
+
+def pipeline_rows(bb, sets: dict, batch: int, cache: Path) -> list[dict]:
+    """The pipeline section's measurements, one row per photo set."""
+    from headstart.data.dataset import LabeledDataset
+    from headstart.features import extract_features
+    from headstart.features.cache import backbone_fingerprint
+    from headstart.features.precision import check
+    from headstart.features.runtime import onnx_model
+
+    cores = os.cpu_count() or 1
+    rows = []
+    for name, (paths, labels) in sets.items():
+        ds = LabeledDataset(paths, labels, [str(c) for c in range(int(labels.max()) + 1)])
+        extract_features(bb, ds.subset(range(4)), batch_size=batch, cache=False, cache_dir=cache)  # export, verify, compile
+        extract_features(bb, ds.subset(range(4)), batch_size=batch, cache=False, cache_dir=cache, precision="bf16")
+        import torch
+
+        sample = torch.stack([bb.preprocessing.transform()(ds.load(0))] * 2)
+        costs = stage_costs(bb, ds, onnx_model(bb, sample, fingerprint=backbone_fingerprint(bb), cache_dir=cache), batch)
+        row = {"set": name, "n": len(ds), "cores": cores, **{k: round(v, 2) for k, v in costs.items()}}
+        row["previous_img_s"] = previous_pipeline(paths, batch, cache)
+        for precision in ("f32", "bf16"):
+            t = time.perf_counter()
+            extract_features(bb, ds, batch_size=batch, cache=False, cache_dir=cache, precision=precision)
+            row[f"{precision}_img_s"] = len(ds) / (time.perf_counter() - t)
+            row[f"{precision}_bound_img_s"] = cores * 1e3 / (costs["decode_ms"] + costs[f"infer_{precision}_ms"])
+            row[f"{precision}_of_bound"] = row[f"{precision}_img_s"] / row[f"{precision}_bound_img_s"]
+            row[f"{precision}_vs_previous"] = row[f"{precision}_img_s"] / row["previous_img_s"]
+        if len(set(labels.tolist())) > 1:
+            verdict = check(bb, ds, batch_size=batch, cache=False, cache_dir=cache, sample=min(512, len(ds)))
+            row.update({k: verdict[k] for k in ("precision", "reason", "agreement", "cosine_mean", "cosine_min") if k in verdict})
+        rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def print_pipeline(rows: list[dict]) -> None:
+    print("\npipeline (per image: decode = decode+resize+normalise on one core; infer = OpenVINO on one core)")
+    head = f"{'set':<18}{'decode ms':>10}{'(full)':>8}{'f32 ms':>8}{'bf16 ms':>8}{'previous':>10}{'fp32 img/s':>12}{'of bound':>9}{'bf16 img/s':>12}{'of bound':>9}{'x prev':>7}"
+    print(head)
+    for r in rows:
+        print(f"{r['set']:<18}{r['decode_ms']:>10.2f}{r['decode_full_ms']:>8.1f}{r['infer_f32_ms']:>8.2f}{r['infer_bf16_ms']:>8.2f}"
+              f"{r['previous_img_s']:>10.1f}{r['f32_img_s']:>12.1f}{r['f32_of_bound']:>9.2f}{r['bf16_img_s']:>12.1f}{r['bf16_of_bound']:>9.2f}"
+              f"{r['bf16_vs_previous']:>7.2f}")
+        if "reason" in r:
+            print(f"{'':<18}bf16 check -> {r['precision']}: {r['reason']} (cosine min {r.get('cosine_min', float('nan')):.5f})")
+
+
 class _RuntimeLog(logging.Handler):
     """Remembers the runtime headstart logs that it picked ("features: runtime NAME ...")."""
 
@@ -150,6 +316,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=512, help="images for the speed comparison")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--peak-n", type=int, default=10000, help="images for the peak-memory run (0: skip)")
+    ap.add_argument("--photos", type=int, default=128, help="images per generated photo set of the pipeline section (0: skip it)")
+    ap.add_argument("--folder", type=Path, default=None, help="measure the pipeline on the images of this folder instead")
+    ap.add_argument("--pipeline-only", action="store_true", help="skip the runtime comparison and the peak-memory run")
+    ap.add_argument("--json", default=None, help="also write the pipeline rows here")
     args = ap.parse_args()
 
     from headstart.backbones.registry import create_backbone
@@ -159,6 +329,10 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="hs-bench-") as td:
         tmp = Path(td)
+        if args.pipeline_only:
+            bb = create_backbone("efficientnet_lite0")
+            _pipeline(bb, args, tmp)
+            return
         t = time.perf_counter()
         paths, labels, names = make_jpegs(tmp / "images", args.n)
         print(f"{args.n} JPEGs ({len(names)} classes) written in {time.perf_counter() - t:.1f}s; batch {args.batch}; cores {os.cpu_count()}")
@@ -199,6 +373,7 @@ def main() -> None:
 
         agree, acc_a, acc_b = agreement(fa, fb, labels)
         peak = peak_memory(paths, args.peak_n, args.batch, tmp) if args.peak_n else None
+        _pipeline(bb, args, tmp)
 
     ips = lambda s: args.n / s  # noqa: E731
     rows = [
@@ -229,6 +404,23 @@ def main() -> None:
             f"   {peak['hit_seconds']:.2f} s hit (identical: {peak['same']})"
         )
     print(f"load average: {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end (other processes skew timings)")
+
+
+def _pipeline(bb, args, tmp: Path) -> None:
+    if args.folder is not None:
+        sets = {args.folder.name: folder_images(args.folder)}
+    elif args.photos:
+        t = time.perf_counter()
+        sets = {f"{w}x{h} JPEG": make_photos(tmp / f"photos{w}", args.photos, (w, h)) for w, h in ((500, 375), (4000, 3000))}
+        print(f"photo sets written in {time.perf_counter() - t:.1f}s")
+    else:
+        return
+    load0 = os.getloadavg()[0]
+    rows = pipeline_rows(bb, sets, args.batch, tmp / "cache")
+    print_pipeline(rows)
+    print(f"load average: {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end (other processes skew timings)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
