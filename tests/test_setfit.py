@@ -97,6 +97,23 @@ def test_settings_and_backbone_errors(tmp_path, tiny_bert):
         fit(one, backbone=tiny_bert, strategy="setfit", save=False, runtime="torch")
 
 
+def test_hybrid_trains_its_encoder_and_rescales(tiny_bert):
+    from headstart.backbones import create_backbone
+    from headstart.data import Splits
+    from headstart.features.fitted import fit_on_train
+    from headstart.fitting import fit
+
+    splits = Splits(toy(16, 0), None, toy(8, 1))
+    model = fit(splits, backbone=f"{tiny_bert}+tfidf", strategy="setfit", pairs=64, backbone_lr=3e-3, save=False, runtime="torch")
+    enc, tfidf = model.backbone.parts
+    assert "+setfit" in enc.provenance.source and "+setfit" not in tfidf.provenance.source
+    pretrained = create_backbone(f"{tiny_bert}+tfidf")
+    fit_on_train(pretrained, splits.train, runtime="torch")
+    assert float(model.backbone.scales[0]) != pytest.approx(float(pretrained.scales[0]))  # the encoder's block rescaled on its new features
+    assert float(model.backbone.scales[1]) == pytest.approx(float(pretrained.scales[1]))
+    assert model.predict(["the superb of a"])[0] in ("neg", "pos")
+
+
 def test_time_limit_and_unfreeze(tmp_path, tiny_bert):
     import yaml
 
