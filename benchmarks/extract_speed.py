@@ -40,17 +40,25 @@ from pathlib import Path
 import numpy as np
 
 
-def make_jpegs(folder: Path, n: int, seed: int = 0) -> tuple[list[str], np.ndarray, list[str]]:
-    """``n`` JPEG files cut from skimage photos at random; returns paths, labels, class names."""
+def _skimage_photos(names: list[str]) -> list:
+    """The named ``skimage.data`` photos as RGB PIL images."""
     from PIL import Image
     from skimage import data
 
-    names = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "camera"]
-    photos = []
+    out = []
     for name in names:
         img = getattr(data, name)()
         img = img[0] if isinstance(img, tuple) else img
-        photos.append(Image.fromarray(np.asarray(img)).convert("RGB"))
+        out.append(Image.fromarray(np.asarray(img)).convert("RGB"))
+    return out
+
+
+def make_jpegs(folder: Path, n: int, seed: int = 0) -> tuple[list[str], np.ndarray, list[str]]:
+    """``n`` JPEG files cut from skimage photos at random; returns paths, labels, class names."""
+    from PIL import Image
+
+    names = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "camera"]
+    photos = _skimage_photos(names)
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths, labels = [], rng.integers(0, len(photos), n)
@@ -144,10 +152,8 @@ def make_photos(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> t
     """``n`` camera-like JPEGs of ``size`` (w, h): crops of skimage photos upscaled, with sensor-like
     noise (so the file carries fine detail, as a photo does), quality 92; labels: the source photo."""
     from PIL import Image
-    from skimage import data
 
-    names = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina"]
-    sources = [Image.fromarray(np.asarray(getattr(data, name)())).convert("RGB") for name in names]
+    sources = _skimage_photos(["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina"])
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths, labels = [], rng.integers(0, len(sources), n)
