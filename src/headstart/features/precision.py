@@ -66,12 +66,12 @@ def choose_precision(backbone: Any, dataset: Any, *, setting: str = "auto", runt
         decision["reason"] = f"runtime {runtime!r} (bf16 features need OpenVINO)"
     elif _on_gpu(backbone):
         decision["reason"] = "backbone on a GPU (features in torch)"
+    elif setting == "auto" and total < MIN_ITEMS:
+        decision["reason"] = f"{total} images to extract: fewer than {MIN_ITEMS}, bf16 would save less than its check costs"
     elif not bf16_supported():
         decision["reason"] = "this CPU has no native bf16 (or OpenVINO is not installed)"
     elif setting == "bf16":
         decision.update(precision="bf16", reason="--feature-precision bf16 (not checked)")
-    elif total < MIN_ITEMS:
-        decision["reason"] = f"{total} images to extract: fewer than {MIN_ITEMS}, bf16 would save less than its check costs"
     else:
         decision.update(check(backbone, dataset, batch_size=batch_size, cache=cache, cache_dir=cache_dir, sample=sample, seed=seed))
     backbone.feature_precision = decision
