@@ -65,13 +65,16 @@ class TorchRunner:
             return self.backbone(x).float().cpu().numpy()
 
 
-# OpenVINO settings, measured end to end (EfficientNet-Lite0, 224 px, JPEG decode in one loader
-# worker, 2-core AVX-512 CPU): LATENCY (one request, all cores) and THROUGHPUT (async requests over
-# streams) are within noise of each other (~130-150 img/s); small runs are clearly faster than large
-# ones (raw engine, 2 threads: 165/174/175/155/147/99 img/s at 1/2/4/8/16/32 images per run: the
-# activations of a few images stay in cache), and memory stays small. Threads are not pinned
+# OpenVINO settings, measured end to end (EfficientNet-Lite0, 224 px, 2-core AVX-512 CPU). With
+# decoding in threads beside inference (extract._decoded_batches), THROUGHPUT (async requests over
+# streams of one thread each) beats LATENCY (one request using all cores, whose threads wait for
+# each other when a decoding thread takes a core): 320 JPEGs of 224-400 px, quiet machine, fp32
+# 148 vs 117-121 img/s, bf16 256 vs 185-190; on a loaded machine (load average 5) fp32 21 vs 16,
+# bf16 30 vs 28 (medians of 3). Small runs are faster than large ones (raw engine, 2 threads:
+# 165/174/175/155/147/99 img/s at 1/2/4/8/16/32 images per run: the activations of a few images stay
+# in cache), and memory stays small. Threads are not pinned
 # (pinning was no faster and competes badly with the decoding worker or other processes).
-OV_HINT = "LATENCY"
+OV_HINT = "THROUGHPUT"
 OV_CHUNK = 4
 OV_PINNING = False
 
