@@ -53,11 +53,11 @@ SETFIT_LR = 2e-5
 #: Pairs per optimiser step (SetFit's batch size).
 PAIR_BATCH = 16
 #: Pairs when ``pairs`` is not given. SetFit draws 20 iterations x 2 pairs per training text (1,280 at
-#: 16 texts per class). Measured on Rotten Tomatoes, 16 texts per class, MiniLM-L6, shared 2-core CPU
-#: (benchmarks/text_strategies.py --pair-sweep; results/text_setfit_rotten_tomatoes.json): 320 pairs
-#: 0.659 +- 0.018 test accuracy (3 seeds, ~200 s), 640 pairs 0.670 +- 0.020 (3 seeds, ~370 s; better
-#: than 320 on every seed), 1,280 pairs 0.670 on seed 0 (0.655 at 640; 583 s); the linear probe 0.643.
-#: 640 keeps most of the gain at half SetFit's cost; a step of 16 pairs costs ~5 s of CPU here.
+#: 16 texts per class). Measured on Rotten Tomatoes, 16 texts per class, MiniLM-L6, 3 seeds, shared 2-core
+#: CPU (benchmarks/text_strategies.py --pair-sweep; results/text_setfit_rotten_tomatoes.json): 320 pairs
+#: 0.659 +- 0.019, 640 pairs 0.670 +- 0.020, 1,280 pairs 0.682 +- 0.018 test accuracy (probe 0.643). 640
+#: keeps two thirds of the gain at half the cost (a step of 16 pairs: ~1-5 s of CPU here, by load);
+#: --pairs 1280 buys about one more point.
 DEFAULT_PAIRS = 640
 
 
