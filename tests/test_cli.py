@@ -212,7 +212,7 @@ def test_corrupt_image_to_predict(commands):
 def test_bad_strategy_is_the_library_message(fitted, tmp_path, cli):
     data, _, _ = fitted
     res = cli("fit", data, "--backbone", "tiny_cnn", "--strategy", "fine-tune", "--out", tmp_path / "run")
-    assert_one_line_error(res, "The 'strategy' parameter must be one of {'linear', 'finetune', 'progressive', 'auto'}; got 'fine-tune'.")
+    assert_one_line_error(res, "The 'strategy' parameter must be one of {'linear', 'finetune', 'progressive', 'auto', 'setfit'}; got 'fine-tune'.")
 
 
 def test_existing_run_needs_overwrite(fitted, tmp_path, cli):

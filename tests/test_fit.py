@@ -215,7 +215,7 @@ def test_missing_run_folder(tmp_path):
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"strategy": "fine-tune"}, "The 'strategy' parameter must be one of {'linear', 'finetune', 'progressive', 'auto'}; got 'fine-tune'."),
+        ({"strategy": "fine-tune"}, "The 'strategy' parameter must be one of {'linear', 'finetune', 'progressive', 'auto', 'setfit'}; got 'fine-tune'."),
         ({"head": "svm"}, "The 'head' parameter must be one of {'logreg', 'mlp', 'bagging', 'boosting', 'stacking'}; got 'svm'."),
         ({"val": 1.5}, "The 'val' parameter must be a fraction in [0, 1); got 1.5."),
         ({"test": -0.1}, "The 'test' parameter must be a fraction in [0, 1); got -0.1."),
