@@ -68,9 +68,10 @@ class TorchRunner:
 # OpenVINO settings, measured end to end (EfficientNet-Lite0, 224 px, 2-core AVX-512 CPU). With
 # decoding in threads beside inference (extract._decoded_batches), THROUGHPUT (async requests over
 # streams of one thread each) beats LATENCY (one request using all cores, whose threads wait for
-# each other when a decoding thread takes a core): 320 JPEGs of 224-400 px, quiet machine, fp32
-# 148 vs 117-121 img/s, bf16 256 vs 185-190; on a loaded machine (load average 5) fp32 21 vs 16,
-# bf16 30 vs 28 (medians of 3). Small runs are faster than large ones (raw engine, 2 threads:
+# each other when a decoding thread takes a core): 320 JPEGs of 224-400 px, on a loaded machine
+# (load average 5), both with the decoding threads: fp32 21 vs 16 img/s, bf16 30 vs 28 (medians of 3).
+# On a quiet machine threads + THROUGHPUT gave fp32 148 / bf16 256 img/s, against 117-121 / 185-190
+# for LATENCY fed by one DataLoader worker process (the previous pipeline; not the same comparison). Small runs are faster than large ones (raw engine, 2 threads:
 # 165/174/175/155/147/99 img/s at 1/2/4/8/16/32 images per run: the activations of a few images stay
 # in cache), and memory stays small. Threads are not pinned
 # (pinning was no faster and competes badly with the decoding worker or other processes).
