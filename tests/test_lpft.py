@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ import headstart
 from headstart.backbones import create_backbone
 from headstart.data import from_arrays
 from headstart.errors import HeadstartError
+from headstart.settings import Settings
 from headstart.backbones.size import resolve_image_size
 from headstart.train.selection import Score, accuracy_se, better, keeps_latest, why
 
@@ -79,6 +81,51 @@ def test_best_weights_keep_latest_over_epochs():
     trainer = SimpleNamespace(val_dataloaders=[0], current_epoch=0, optimizers=[])
     default.on_train_epoch_end(trainer, module(0, 0.905, 0.30))
     assert default.best_epoch == -1  # the default rule keeps the probe: +0.5 point is noise, the loss is worse
+
+
+def _epochs(best, scores):
+    def module(e, acc, loss):
+        return SimpleNamespace(epoch_metrics={"val_acc": acc, "val_loss": loss, "val_n": 78, "train_loss": 0.1, "train_acc": 1.0},
+                               backbone=None, stage={}, state_dict=lambda: {"w": torch.tensor(float(e))})
+
+    best.on_train_start(None, module(-1, 0.80, 0.40))
+    for e, (acc, loss) in enumerate(scores):
+        trainer = SimpleNamespace(val_dataloaders=[0], current_epoch=e, optimizers=[])
+        best.on_train_epoch_start(trainer, None)
+        best.on_train_epoch_end(trainer, module(e, acc, loss))
+    return best
+
+
+def test_keep_final_compares_only_the_end_of_the_schedule_with_the_probe():
+    from headstart.train import BestWeights
+
+    probe = Score(0.80, 0.40, 78)
+    peak_then_worse = [(0.90, 0.30), (0.85, 0.35), (0.78, 0.45)]  # epoch 0 beats everything; the final epoch loses to the probe
+    assert _epochs(BestWeights(probe), peak_then_worse).best_epoch == 0  # best: the mid-schedule peak
+    final = _epochs(BestWeights(probe, keep="final"), peak_then_worse)
+    assert final.best_epoch == -1 and float(final.best_state["w"]) == -1.0  # final: the probe, its own weights restored
+    assert final.reason.startswith("kept the starting weights") and "keep rule 'final'" in final.reason
+    peak_then_good = [(0.90, 0.30), (0.85, 0.35), (0.86, 0.33)]
+    final = _epochs(BestWeights(probe, keep="final"), peak_then_good)
+    assert final.best_epoch == 2 and float(final.best_state["w"]) == 2.0  # the final epoch beats the probe: kept, not the peak
+    assert final.reason.startswith("kept the final epoch 2")
+    again = BestWeights(probe, keep="final")
+    again.load_state_dict(_epochs(BestWeights(probe, keep="final"), peak_then_good[:1]).state_dict())  # resumed after epoch 0
+    trainer = SimpleNamespace(val_dataloaders=[0], current_epoch=1, optimizers=[])
+    again.on_train_epoch_end(trainer, SimpleNamespace(epoch_metrics={"val_acc": 0.70, "val_loss": 0.6, "val_n": 78}, backbone=None, stage={},
+                                                       state_dict=lambda: {"w": torch.tensor(1.0)}))
+    assert again.best_epoch == -1 and float(again.best_state["w"]) == -1.0  # the probe's weights survive a resume
+
+
+def test_keep_auto_is_final_on_a_small_validation_split():
+    from headstart.train.selection import resolve_keep
+
+    breast_val = np.r_[np.zeros(21), np.ones(57)]  # BreastMNIST's validation split
+    assert resolve_keep("auto", breast_val, 2) == "final"
+    assert resolve_keep("auto", np.repeat(np.arange(10), 50), 10) == "best"  # MNIST 5k: 50 per class
+    assert resolve_keep("auto", None, 2) == "best" and resolve_keep("best", breast_val, 2) == "best"
+    with pytest.raises(HeadstartError, match="'keep' parameter must be one of"):
+        Settings.from_flat(keep="last")
 
 
 def test_run_log_says_which_weights_were_kept(folder, tmp_path, caplog):

@@ -35,6 +35,7 @@ NON_DEFAULT = {
     "label_smoothing": (0.1, ["--label-smoothing", "0.1"]), "clip_grad": (1.0, ["--clip-grad", "1"]),
     "activation_cache": (False, ["--no-activation-cache"]), "train_bn": (True, ["--train-bn"]), "time_limit": (60.0, ["--time-limit", "60"]),
     "pairs": (500, ["--pairs", "500"]),
+    "keep": ("final", ["--keep", "final"]),
     "accelerator": ("cpu", ["--accelerator", "cpu"]), "devices": (2, ["--devices", "2"]), "dist": ("ddp", ["--dist", "ddp"]),
     "precision": ("bf16-mixed", ["--precision", "bf16-mixed"]), "out": ("runs/x", ["-o", "runs/x"]), "overwrite": (True, ["--overwrite"]),
     "logger": ("tensorboard", ["--logger", "tensorboard"]), "method": ("focal", ["--method", "focal"]),

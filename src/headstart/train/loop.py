@@ -110,6 +110,7 @@ class BestWeights(Checkpoint):
         self.best_val_loss: float | None = None
         self.best_score: Score | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.initial_state: dict[str, torch.Tensor] | None = None  # keep="final": the starting weights, to fall back to
         self._t0 = 0.0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -118,6 +119,8 @@ class BestWeights(Checkpoint):
             self.best_epoch, self.best_val_loss, self.best_score = -1, float(self.initial.loss), self.initial
             self.top = self.initial
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
+            if self.keep == "final":
+                self.initial_state = self.best_state
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()
@@ -147,6 +150,11 @@ class BestWeights(Checkpoint):
         if self.keep == "latest":
             self.top = score if self.top is None or score.acc > self.top.acc else self.top
             replace = keeps_latest(score, self.top)
+        elif self.keep == "final":  # this epoch against the starting weights only; the last epoch run decides
+            if self.initial is not None and not better(score, self.initial):
+                self.best_epoch, self.best_val_loss, self.best_score, self.best_state = -1, float(self.initial.loss), self.initial, self.initial_state
+                return
+            replace = True
         else:
             replace = self.best_score is None or better(score, self.best_score)
         if replace:
@@ -159,6 +167,13 @@ class BestWeights(Checkpoint):
         if self.best_score is None or not self.history:
             return "no validation: kept the last epoch" if self.history else "no epoch ran"
         best = f"epoch {self.best_epoch}" if self.best_epoch != -1 else "the starting weights (linear probe)"
+        if self.keep == "final":
+            last = self.history[-1]
+            if self.initial is None:
+                return f"kept the final epoch {last['epoch']} (val acc {self.best_score.acc:.4f}, loss {self.best_score.loss:.4f}): keep rule 'final'"
+            final = Score(float(last["val_acc"]), float(last["val_loss"]), self.initial.n)
+            return why(final, self.initial, new_name=f"the final epoch {last['epoch']}", old_name="the starting weights (linear probe)") + (
+                " (keep rule 'final': only the end of the schedule is compared with the starting weights)")
         if self.keep == "latest":
             last = self.history[-1]["epoch"]
             return (f"kept {best} (val acc {self.best_score.acc:.4f}): the latest weights whose validation accuracy is within one "
@@ -177,7 +192,7 @@ class BestWeights(Checkpoint):
         score = None if self.best_score is None else [self.best_score.acc, self.best_score.loss, self.best_score.n]
         top = None if self.top is None else [self.top.acc, self.top.loss, self.top.n]
         return {"best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss, "best_score": score, "top": top,
-                "history": copy.deepcopy(self.history), "best_state": self.best_state}
+                "history": copy.deepcopy(self.history), "best_state": self.best_state, "initial_state": self.initial_state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_epoch = state_dict.get("best_epoch")
@@ -188,6 +203,7 @@ class BestWeights(Checkpoint):
         self.top = Score(float(top[0]), float(top[1]), int(top[2])) if top else None
         self.history = list(state_dict.get("history", []))
         self.best_state = state_dict.get("best_state")
+        self.initial_state = state_dict.get("initial_state")
 
 
 @contextlib.contextmanager
@@ -376,7 +392,9 @@ def train_classifier(
     the validation :class:`~.selection.Score` of the starting weights (e.g. a linear probe's); they
     are kept (``best_epoch == -1``) unless an epoch beats them by :func:`~.selection.better`, the rule
     that also picks the best epoch. ``keep="latest"`` (domain adaptation) keeps the latest weights
-    whose validation accuracy is within one standard error of the best seen (:func:`~.selection.keeps_latest`).
+    whose validation accuracy is within one standard error of the best seen (:func:`~.selection.keeps_latest`);
+    ``keep="final"`` compares only the last epoch run with ``initial`` and keeps the better of the two
+    (no epoch is compared with another; without ``initial``, the last epoch).
     ``criterion``: a method's training loss in place of cross-entropy (validation keeps cross-entropy).
     ``task_of_class``: the task of each class (task-incremental learning, ``fit --from RUN --heads
     separate``): losses and accuracies over each item's own task's classes only.

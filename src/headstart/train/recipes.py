@@ -32,7 +32,7 @@ from typing import Any
 from ..errors import HeadstartError
 from .augment import Augment
 from .freeze import num_groups, resolve_unfreeze
-from .selection import Score
+from .selection import Score, resolve_keep
 from .strategies import Stage, finetune_plan, frozen_prefix, progressive_plan, recipe_plan
 
 log = logging.getLogger("headstart")
@@ -223,6 +223,10 @@ def fit_in_loop(
                        num_features=bb.num_features, num_classes=len(splits.classes))
         info["method_data"] = {need: len(ds) for need, ds in domains.items()}
     val_loader = make_loader(val_ds, batch_size, shuffle=False, num_workers=num_workers) if val_ds is not None else None
+    hooks = method.loop_hooks() if method is not None else {}
+    if "keep" not in hooks:  # a method's own rule (domain adaptation: latest) wins
+        hooks["keep"] = resolve_keep(tr.keep, splits.val.labels if has_val else None, len(splits.classes))
+        info["keep"] = hooks["keep"]
     t = time.perf_counter()
     result = train_classifier(
         bb, head_mod, train_loader, val_loader, lr=lr, stages=stages, stop_on_plateau=stop_on_plateau, schedule=tr.schedule,
@@ -232,7 +236,7 @@ def fit_in_loop(
         log_dir=run_dir / "logs" if run_dir is not None else None, logger=out.logger,
         checkpoint_dir=run_dir / "checkpoints" if run_dir is not None else None, resume=resume,
         accelerator=hw.accelerator, devices=hw.devices, dist=hw.dist, precision=hw.precision, max_time=max_time, staged=staged,
-        task_of_class=task_of_class, **(method.loop_hooks() if method is not None else {}),
+        task_of_class=task_of_class, **hooks,
     )
     timings["train"] = time.perf_counter() - t
     if staged is not None:
