@@ -189,7 +189,7 @@ class FullDecode:
         return self.transform(image)
 
 
-def stage_costs(bb, ds, onnx_path, batch: int, n: int = 64) -> dict:
+def stage_costs(bb, ds, onnx_path, batch: int, n: int = 64, precisions: tuple[str, ...] = ("f32", "bf16")) -> dict:
     """Per-image core-milliseconds of each stage, measured one stage at a time on one core."""
     import torch
 
@@ -212,7 +212,7 @@ def stage_costs(bb, ds, onnx_path, batch: int, n: int = 64) -> dict:
     finally:
         torch.set_num_threads(threads)
     xn = np.ascontiguousarray(x.numpy())
-    for precision in ("f32", "bf16"):
+    for precision in precisions:
         request = ov_cpu_model(onnx_path, threads=1, precision=precision).create_infer_request()
         run = lambda: [request.infer({0: xn[i : i + 4]}) for i in range(0, len(xn), 4)]  # noqa: E731
         run()
@@ -262,22 +262,26 @@ def pipeline_rows(bb, sets: dict, batch: int, cache: Path) -> list[dict]:
     from headstart.data.dataset import LabeledDataset
     from headstart.features import extract_features
     from headstart.features.cache import backbone_fingerprint
-    from headstart.features.precision import check
+    from headstart.features.precision import bf16_supported, check
     from headstart.features.runtime import onnx_model
 
     cores = os.cpu_count() or 1
+    # Without native bf16 (e.g. AVX2-only CPUs) OpenVINO runs a bf16 request in fp32: no bf16 rows, only the check's verdict.
+    native = bf16_supported()
+    precisions = ("f32", "bf16") if native else ("f32",)
     rows = []
     for name, (paths, labels) in sets.items():
         ds = LabeledDataset(paths, labels, [str(c) for c in range(int(labels.max()) + 1)])
         extract_features(bb, ds.subset(range(4)), batch_size=batch, cache=False, cache_dir=cache)  # export, verify, compile
-        extract_features(bb, ds.subset(range(4)), batch_size=batch, cache=False, cache_dir=cache, precision="bf16")
+        if native:
+            extract_features(bb, ds.subset(range(4)), batch_size=batch, cache=False, cache_dir=cache, precision="bf16")
         import torch
 
         sample = torch.stack([bb.preprocessing.transform()(ds.load(0))] * 2)
-        costs = stage_costs(bb, ds, onnx_model(bb, sample, fingerprint=backbone_fingerprint(bb), cache_dir=cache), batch)
-        row = {"set": name, "n": len(ds), "cores": cores, **{k: round(v, 2) for k, v in costs.items()}}
+        costs = stage_costs(bb, ds, onnx_model(bb, sample, fingerprint=backbone_fingerprint(bb), cache_dir=cache), batch, precisions=precisions)
+        row = {"set": name, "n": len(ds), "cores": cores, "bf16_native": native, **{k: round(v, 2) for k, v in costs.items()}}
         row["previous_img_s"] = previous_pipeline(paths, batch, cache)
-        for precision in ("f32", "bf16"):
+        for precision in precisions:
             t = time.perf_counter()
             extract_features(bb, ds, batch_size=batch, cache=False, cache_dir=cache, precision=precision)
             row[f"{precision}_img_s"] = len(ds) / (time.perf_counter() - t)
@@ -296,10 +300,13 @@ def print_pipeline(rows: list[dict]) -> None:
     print("\npipeline (per image: decode = decode+resize+normalise on one core; infer = OpenVINO on one core)")
     head = f"{'set':<18}{'decode ms':>10}{'(full)':>8}{'f32 ms':>8}{'bf16 ms':>8}{'previous':>10}{'fp32 img/s':>12}{'of bound':>9}{'bf16 img/s':>12}{'of bound':>9}{'x prev':>7}"
     print(head)
+    nan = float("nan")
     for r in rows:
-        print(f"{r['set']:<18}{r['decode_ms']:>10.2f}{r['decode_full_ms']:>8.1f}{r['infer_f32_ms']:>8.2f}{r['infer_bf16_ms']:>8.2f}"
-              f"{r['previous_img_s']:>10.1f}{r['f32_img_s']:>12.1f}{r['f32_of_bound']:>9.2f}{r['bf16_img_s']:>12.1f}{r['bf16_of_bound']:>9.2f}"
-              f"{r['bf16_vs_previous']:>7.2f}")
+        print(f"{r['set']:<18}{r['decode_ms']:>10.2f}{r['decode_full_ms']:>8.1f}{r['infer_f32_ms']:>8.2f}{r.get('infer_bf16_ms', nan):>8.2f}"
+              f"{r['previous_img_s']:>10.1f}{r['f32_img_s']:>12.1f}{r['f32_of_bound']:>9.2f}{r.get('bf16_img_s', nan):>12.1f}"
+              f"{r.get('bf16_of_bound', nan):>9.2f}{r.get('bf16_vs_previous', r['f32_vs_previous']):>7.2f}")
+        if not r.get("bf16_native", True):
+            print(f"{'':<18}this CPU has no native bf16: the bf16 columns are not measured")
         if "reason" in r:
             print(f"{'':<18}bf16 check -> {r['precision']}: {r['reason']} (cosine min {r.get('cosine_min', float('nan')):.5f})")
 
