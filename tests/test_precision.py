@@ -101,6 +101,17 @@ def test_bf16_features_have_their_own_cache_key(tiny, tmp_path):
     np.testing.assert_array_equal(extract_features(tiny, ds, precision="bf16", cache_dir=tmp_path), bf16)
 
 
+def test_bf16_on_a_cpu_without_it_is_fp32_under_the_fp32_key(tiny, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(precision_mod, "bf16_supported", lambda: False)
+    ds = _dataset(8)
+    with caplog.at_level("WARNING", logger="headstart.features"):
+        asked = extract_features(tiny, ds, precision="bf16", cache_dir=tmp_path)
+    assert "no native bf16" in caplog.text
+    f32 = extract_features(tiny, ds, precision="f32", cache_dir=tmp_path, runtime="torch", cache=False)
+    np.testing.assert_allclose(asked, f32, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(extract_features(tiny, ds, precision="f32", cache_dir=tmp_path), asked)
+
+
 def test_bf16_needs_openvino(tiny):
     with pytest.raises(ValueError, match="precision='bf16' runs in OpenVINO"):
         extract_features(tiny, _dataset(4), precision="bf16", runtime="onnx", cache=False)

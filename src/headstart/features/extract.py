@@ -24,6 +24,7 @@ import torch
 from .._util import available_cores
 from ..data.dataset import LabeledDataset, TorchDataset
 from .cache import FeatureCache, backbone_fingerprint, default_cache_dir, item_keys
+from . import precision as _precision
 from .precision import backbone_precision
 from .runtime import RUNTIMES, make_runner
 
@@ -99,6 +100,10 @@ def extract_features(
         raise ValueError(f"The 'precision' parameter must be 'f32', 'bf16' or None; got {precision!r}.")
     elif precision == "bf16" and runtime not in ("auto", "openvino"):
         raise ValueError(f"precision='bf16' runs in OpenVINO; runtime={runtime!r} cannot. Use runtime='auto' or 'openvino', or precision='f32'.")
+    if precision == "bf16" and not _precision.bf16_supported():
+        # OpenVINO runs a bf16 request in fp32 on such CPUs (AVX2-only, e.g. AMD EPYC Zen 3): say so, and key the cache as fp32.
+        logger.warning("features: bf16 asked for (or saved with the run), but this CPU has no native bf16: extracting in fp32")
+        precision = "f32"
 
     store, keys = None, None
     missing = np.arange(n)
