@@ -17,19 +17,33 @@ Methods, each trained on the same texts and tested on the same test texts:
 - ``minilm_l6``: ``headstart.fit(backbone="minilm_l6")`` (linear probe; features cached);
 - ``minilm_l6+tfidf``: the hybrid (each block at unit total variance on train);
 - ``setfit``: ``headstart.fit(backbone="minilm_l6", strategy="setfit")`` (SetFit-style: the encoder
-  fine-tuned on ``--pairs`` same-class / cross-class pairs of the training texts, then the probe).
+  fine-tuned on ``--pairs`` same-class / cross-class pairs of the training texts, then the probe);
+- ``finetune``: ``headstart.fit(backbone="minilm_l6", strategy="finetune")`` (the text recipe: the head
+  on frozen features, then the encoder unfrozen from the top; bucketed batches; ``--epochs``,
+  ``--backbone-lr``, ``--time-limit`` passed on); per-epoch validation accuracy recorded;
+- ``finetune+tfidf``: the same recipe on ``minilm_l6+tfidf`` (the encoder fine-tuned beside the fixed
+  TF-IDF block, one head on both);
+- ``auto``: ``headstart.fit(backbone="minilm_l6", strategy="auto")`` with ``--time-limit`` (what it
+  picks, and its accuracy).
+
+``--bucketing``: padding tokens of an epoch of training batches in a shuffled order and in
+sequence-length groups (exact counts), and the time of a fine-tuning step of each kind, the two
+kinds interleaved over ``--bucket-steps`` steps so both see the same machine load.
 
 ``--pair-sweep 320,640,1280,2560``: ``setfit`` at each pair count (``setfit@N`` rows) in the few-shot
 regimes, to choose :data:`headstart.train.setfit.DEFAULT_PAIRS`.
 
 Full data also measures the hybrid's block scaling on the validation split: unscaled blocks (both
 are L2-normalised rows), unit total variance (the default), and unit variance with TF-IDF weighted
-2x and 0.5x. Wall time per fit (seconds; on a shared 2-core CPU: compare within one run).
+2x and 0.5x. Wall time per fit (seconds; on a shared 2-core CPU: compare within one run) and the process's CPU
+seconds (``cpu_s``, user + system, all threads: less sensitive to other jobs on the machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import resource
 import sys
 import time
 from pathlib import Path
@@ -40,7 +54,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rows import Rows, add_arguments, merged  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rotten_tomatoes.csv"
-METHODS = ("sklearn tfidf+svm", "tfidf", "minilm_l6", "minilm_l6+tfidf", "setfit")
+METHODS = ("sklearn tfidf+svm", "tfidf", "minilm_l6", "minilm_l6+tfidf", "setfit", "finetune", "finetune+tfidf", "auto")
+FINETUNE = {"finetune": "minilm_l6", "finetune+tfidf": "minilm_l6+tfidf"}
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class _Epochs(logging.Handler):
+    """Collects the training loop's per-epoch log lines (validation accuracy by epoch)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("epoch ") or "stage" in msg or "auto chose" in msg or "time limit" in msg:
+            self.lines.append(msg)
 
 
 def _subset(ds, k: int, seed: int):
@@ -49,21 +82,38 @@ def _subset(ds, k: int, seed: int):
     return ds.subset(np.sort(idx))
 
 
-def _run(method: str, splits, pairs: int | None = None, seed: int = 0) -> tuple[float, float, dict]:
+def _run(method: str, splits, pairs: int | None = None, seed: int = 0, tune: dict | None = None) -> tuple[float, float, dict]:
     import headstart
     from headstart.backbones.tfidf import sparse_baseline
 
-    t = time.perf_counter()
+    tune = {k: v for k, v in (tune or {}).items() if v is not None}
+    t, cpu = time.perf_counter(), _cpu()
+    lines = _Epochs()
+    for name in ("headstart",):  # the loop's loggers propagate to it
+        logging.getLogger(name).addHandler(lines)
+        logging.getLogger(name).setLevel(logging.INFO)
     if method == "sklearn tfidf+svm":
         acc = sparse_baseline(splits.train.items, splits.train.labels, splits.test.items, splits.test.labels)["accuracy"]
         return acc, time.perf_counter() - t, {}
-    if method.startswith("setfit"):
-        pairs = int(method.partition("@")[2] or 0) or pairs
-        model = headstart.fit(splits, backbone="minilm_l6", strategy="setfit", pairs=pairs, seed=seed, save=False)
-    else:
-        model = headstart.fit(splits, backbone=method, seed=seed, save=False)
+    try:
+        if method.startswith("setfit"):
+            pairs = int(method.partition("@")[2] or 0) or pairs
+            model = headstart.fit(splits, backbone="minilm_l6", strategy="setfit", pairs=pairs, seed=seed, save=False)
+        elif method in FINETUNE:
+            model = headstart.fit(splits, backbone=FINETUNE[method], strategy="finetune", seed=seed, save=False, **tune)
+        elif method == "auto":
+            model = headstart.fit(splits, backbone="minilm_l6", strategy="auto", seed=seed, save=False, pairs=pairs,
+                                  **{k: v for k, v in tune.items() if k == "time_limit"})
+        else:
+            model = headstart.fit(splits, backbone=method, seed=seed, save=False)
+    finally:
+        for name in ("headstart",):  # the loop's loggers propagate to it
+            logging.getLogger(name).removeHandler(lines)
     m = model.metrics
-    extra = {"dim": int(model.backbone.num_features), "auc": m["test"].get("roc_auc")}
+    extra = {"dim": int(model.backbone.num_features), "auc": m["test"].get("roc_auc"), "cpu_s": round(_cpu() - cpu, 1)}
+    if method in FINETUNE or method == "auto":
+        extra.update(settings=tune, strategy=m["strategy"], timings={k: round(v, 1) for k, v in m["timings_s"].items()}, log=lines.lines,
+                     **({"auto": {k: v for k, v in m["auto"].items() if isinstance(v, (str, int, float))}} if "auto" in m else {}))
     if method.startswith("setfit"):
         extra.update(setfit={k: v for k, v in m["timings_s"].items() if k in ("setfit", "features", "predict", "total")})
     return m["test"]["accuracy"], time.perf_counter() - t, extra
@@ -96,6 +146,42 @@ def _scaling(splits) -> list[dict]:
     return out
 
 
+def _bucketing(splits, batch_size: int, steps: int) -> list[dict]:
+    """Padding of one epoch of training batches, shuffled vs length-grouped (exact), and the time of a
+    MiniLM-L6 training step (forward, backward, AdamW) of each, interleaved, scaled to an epoch."""
+    import torch
+
+    from headstart.backbones import create_backbone
+    from headstart.train.text_recipe import length_grouped_indices, padded_tokens, token_lengths
+
+    bb = create_backbone("minilm_l6")
+    texts = [str(t) for t in splits.train.items]
+    lengths = token_lengths(bb, texts)
+    g = torch.Generator().manual_seed(0)
+    orders = {"shuffled": torch.randperm(len(texts), generator=g).numpy(), "bucketed": np.array(length_grouped_indices(lengths, batch_size, g))}
+    pad = {k: padded_tokens(lengths, o, batch_size) for k, o in orders.items()}
+    bb.train()
+    opt = torch.optim.AdamW(bb.parameters(), lr=0.0)  # lr 0: the weights stay pretrained; the cost is the same
+    n_batches = -(-len(texts) // batch_size)
+    secs = {k: [] for k in orders}
+    for i in range(steps + 1):  # step 0 of each kind: warm-up, not counted
+        b = int(np.random.default_rng(i).integers(n_batches))
+        for k, o in orders.items():
+            x = bb.tokenize([texts[j] for j in o[b * batch_size : (b + 1) * batch_size]], warn=False)
+            t = time.perf_counter()
+            bb(x).sum().backward()
+            opt.step()
+            opt.zero_grad()
+            if i:
+                secs[k].append(time.perf_counter() - t)
+    out = []
+    for k in orders:
+        out.append({"regime": "full", "method": f"bucketing: {k}", "batch_size": batch_size, "real_tokens": int(lengths.sum()),
+                    "padded_tokens": pad[k], "pad_fraction": round(1 - lengths.sum() / pad[k], 3), "steps_timed": steps,
+                    "step_s_mean": round(float(np.mean(secs[k])), 3), "epoch_s_estimate": round(float(np.mean(secs[k])) * n_batches, 1)})
+    return out
+
+
 def _table(rows: list[dict]) -> str:
     methods = [m for m in dict.fromkeys([*METHODS, *(r["method"] for r in rows)]) if any(r["method"] == m and "accuracy" in r for r in rows)]
     lines = ["| regime | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
@@ -122,6 +208,11 @@ def main() -> None:
     ap.add_argument("--no-scaling", action="store_true", help="skip the hybrid-scaling comparison")
     ap.add_argument("--pairs", type=int, default=None, help="setfit: pairs (default: headstart's DEFAULT_PAIRS)")
     ap.add_argument("--pair-sweep", default="", help="comma-separated pair counts: adds setfit@N methods")
+    ap.add_argument("--epochs", type=int, default=None, help="finetune: stage-2 epochs (default: headstart's text default)")
+    ap.add_argument("--backbone-lr", type=float, default=None, help="finetune: encoder learning rate (default: headstart's)")
+    ap.add_argument("--time-limit", type=float, default=None, help="finetune and auto: fit's --time-limit, seconds")
+    ap.add_argument("--bucketing", action="store_true", help="add the bucketing rows (padding and step time, full data)")
+    ap.add_argument("--bucket-steps", type=int, default=10, help="--bucketing: timed steps of each kind")
     add_arguments(ap)
     args = ap.parse_args()
     done = merged(args)
@@ -133,15 +224,19 @@ def main() -> None:
     rows = Rows(args.json)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] + [f"setfit@{int(n)}" for n in args.pair_sweep.split(",") if n.strip()]
     sp = load_splits(str(DATA), seed=0)
+    tune = {"epochs": args.epochs, "backbone_lr": args.backbone_lr, "time_limit": args.time_limit}
+    if args.bucketing:
+        for r in _bucketing(sp, 64, args.bucket_steps):
+            rows.add(r)
     if not args.no_full:
         for m in methods:
-            acc, sec, extra = _run(m, sp, args.pairs)
+            acc, sec, extra = _run(m, sp, args.pairs, tune=tune)
             rows.add({"regime": "full", "method": m, "seed": 0, "n_train": len(sp.train), "accuracy": round(acc, 4), "seconds": round(sec, 1), **extra})
     for k in [int(s) for s in args.shots.split(",") if s.strip() and int(s) > 0]:
         for seed in range(args.seed_start, args.seed_start + args.seeds):
             few = Splits(_subset(sp.train, k, seed), None, sp.test)
             for m in methods:
-                acc, sec, extra = _run(m, few, args.pairs, seed)
+                acc, sec, extra = _run(m, few, args.pairs, seed, tune=tune)
                 rows.add({"regime": f"{k}/class", "method": m, "seed": seed, "n_train": len(few.train), "accuracy": round(acc, 4), "seconds": round(sec, 1), **extra})
     if not args.no_full and not args.no_scaling:  # last: four probes on 25,000-d features
         for r in _scaling(sp):

@@ -17,7 +17,7 @@ from headstart.settings import Settings, flat_name, setting_fields
 # A value other than the default for every setting, as Python gives it and as the command line spells it.
 # A new setting fails test_every_setting_has_a_non_default_case until it is added here.
 # Settings that only mean something with another one: method options need a method.
-CONTEXT = {"method_opt": {"method": "focal"}, "heads": {"from_run": "runs/old"}, "sampler": {"strategy": "finetune"}}
+CONTEXT = {"method_opt": {"method": "focal"}, "heads": {"from_run": "runs/old"}, "sampler": {"strategy": "finetune"}, "pairs": {"strategy": "auto"}}
 NON_DEFAULT = {
     "val": (0.2, ["--val", "0.2"]), "test": (0.1, ["--test", "0.1"]), "strict": (True, ["--strict"]),
     "target": ("target/", ["--target", "target/"]), "target_test": ("target_test/", ["--target-test", "target_test/"]),
@@ -28,13 +28,13 @@ NON_DEFAULT = {
     "weights": ("w.safetensors", ["--weights", "w.safetensors"]), "runtime": ("torch", ["--runtime", "torch"]), "feature_precision": ("f32", ["--feature-precision", "f32"]), "cache": (False, ["--no-cache"]),
     "head": ("mlp", ["--head", "mlp"]), "hidden": (64, ["--hidden", "64"]), "dropout": (0.1, ["--dropout", "0.1"]),
     "class_weights": ("balanced", ["--class-weights", "balanced"]), "threshold": ("youden", ["--threshold", "youden"]), "calibrate": ("temperature", ["--calibrate", "temperature"]),
-    "sampler": ("balanced", ["--sampler", "balanced", "-s", "finetune"]), "strategy": ("finetune", ["-s", "finetune"]), "seed": (3, ["--seed", "3"]),
+    "sampler": ("balanced", ["--sampler", "balanced", "-s", "finetune"]), "strategy": ("auto", ["-s", "auto"]), "seed": (3, ["--seed", "3"]),
     "epochs": (7, ["--epochs", "7"]), "lr": (3e-4, ["--lr", "3e-4"]), "batch_size": (16, ["--batch-size", "16"]), "patience": (2, ["--patience", "2"]),
     "unfreeze": (2, ["--unfreeze", "2"]), "backbone_lr": (1e-5, ["--backbone-lr", "1e-5"]), "lr_decay": (0.7, ["--lr-decay", "0.7"]),
     "freeze_epochs": (0, ["--freeze-epochs", "0"]), "augment": ("light", ["--augment", "light"]), "schedule": ("onecycle", ["--schedule", "onecycle"]),
     "label_smoothing": (0.1, ["--label-smoothing", "0.1"]), "clip_grad": (1.0, ["--clip-grad", "1"]),
     "activation_cache": (False, ["--no-activation-cache"]), "train_bn": (True, ["--train-bn"]), "time_limit": (60.0, ["--time-limit", "60"]),
-    "pairs": (500, ["--pairs", "500"]),
+    "pairs": (500, ["--pairs", "500", "-s", "auto"]),  # read by setfit and auto only
     "keep": ("final", ["--keep", "final"]),
     "accelerator": ("cpu", ["--accelerator", "cpu"]), "devices": (2, ["--devices", "2"]), "dist": ("ddp", ["--dist", "ddp"]),
     "precision": ("bf16-mixed", ["--precision", "bf16-mixed"]), "out": ("runs/x", ["-o", "runs/x"]), "overwrite": (True, ["--overwrite"]),

@@ -173,7 +173,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         auto_choice = _auto(bb, splits, s, cw, timings, budget, train_size)
         log.info("auto chose %s because %s", auto_choice["strategy"], auto_choice["reason"])
         epochs = auto_choice.get("epochs", epochs)
-        if augment is None and auto_choice["strategy"] != "linear":
+        if augment is None and auto_choice["strategy"] != "linear" and splits.train.modality == "image":
             augment = auto_choice["augment"] = AUTO_AUGMENT
     trained = auto_choice["strategy"] if auto_choice is not None else tr.strategy
     if save and trained in LOOP_STRATEGIES and splits.train.modality != "text":
@@ -189,11 +189,11 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         # Texts: 'finetune' and 'progressive' are one recipe (BERT/ULMFiT): the head on the frozen encoder's
         # cached features, then the encoder unfrozen from the top, one more layer group per epoch (train.text_recipe).
         from .train.recipes import default_lr
-        from .train.text_recipe import fit_text_finetune
+        from .train.text_recipe import fit_text_finetune, text_epochs
         head_mod, history = fit_text_finetune(
-            bb, splits, seed=tr.seed, class_weights=cw, batch_size=tr.batch_size, epochs=epochs, lr=default_lr(tr.lr), backbone_lr=tr.backbone_lr,
+            bb, splits, seed=tr.seed, class_weights=cw, batch_size=tr.batch_size, epochs=text_epochs(epochs, type(tr).__dataclass_fields__["epochs"].default), lr=default_lr(tr.lr), backbone_lr=tr.backbone_lr,
             patience=tr.patience, progress=o.progress, dropout=None, timings=timings, runtime=b.runtime, cache=b.cache, unfreeze=tr.unfreeze,
-            method=method)
+            method=method, max_time=budget.left(_reserve_seconds(splits, timings, budget)))
     elif trained == "setfit":  # texts: the encoder trained on pairs in the loop, then the probe on its new embeddings (train.setfit)
         from .train.setfit import fit_setfit
         loop_info = fit_setfit(bb, splits, s, timings=timings, max_time=budget.left(_reserve_seconds(splits, timings, budget)))
@@ -357,13 +357,19 @@ def _auto(bb, splits, s: Settings, cw, timings: dict[str, float], budget, train_
     from .train.recipes import choose_auto
 
     epochs = s.training.epochs
+    if splits.train.modality == "text":
+        from .train.text_recipe import text_epochs
+        epochs = text_epochs(epochs, type(s.training).__dataclass_fields__["epochs"].default)
 
     probe = _fit_linear(bb, splits, s, cw, timings)
     score = _val_score(bb, probe[0], splits, s, cw)
     per_class = int(np.bincount(splits.train.labels, minlength=len(splits.classes)).min())
     strategy, reason = choose_auto(per_class, score.acc if score else None, num_groups(bb))
+    if splits.train.modality == "text":  # few labeled texts: SetFit's regime (train.setfit.auto_setfit)
+        from .train.setfit import auto_setfit
+        strategy, reason = auto_setfit(strategy, reason, per_class, score is not None, num_groups(bb))
     out = {"strategy": strategy, "reason": reason, "probe_val_acc": score.acc if score else None, "min_train_per_class": per_class, "probe": probe}
-    size = int(bb.preprocessing.input_size[0])
+    size = int(bb.preprocessing.input_size[0]) if splits.train.modality == "image" else None
     if strategy != "linear" and score is not None and train_size is not None and train_size != size:
         # fine-tune at the training size, from a probe fit there; the probe at the probe's size stays a candidate
         out["wide_probe"] = (probe[0], score, size, {k: v.detach().clone() for k, v in bb.state_dict().items()}, bb.provenance)
@@ -373,10 +379,14 @@ def _auto(bb, splits, s: Settings, cw, timings: dict[str, float], budget, train_
         score = _val_score(bb, probe[0], splits, s, cw)
         out.update(probe=probe, probe_sizes={"probe_px": size, "train_px": train_size, "train_probe_val_acc": score.acc})
     left = budget.left(_reserve_seconds(splits, timings, budget))
-    if strategy != "linear" and left is not None:
+    if strategy not in ("linear", "setfit") and left is not None:  # setfit keeps to the time limit itself
         t = time.perf_counter()
         n_val = len(splits.val) if splits.val is not None else 0
-        per_epoch = epoch_seconds(bb, probe[0], (3, *bb.preprocessing.input_size), len(splits.train), n_val, batch_size=s.training.batch_size)
+        if splits.train.modality == "text":
+            from .train.text_recipe import text_epoch_seconds
+            per_epoch = text_epoch_seconds(bb, splits, batch_size=s.training.batch_size)
+        else:
+            per_epoch = epoch_seconds(bb, probe[0], (3, *bb.preprocessing.input_size), len(splits.train), n_val, batch_size=s.training.batch_size)
         left = max(0.0, left - (time.perf_counter() - t))
         fits = int(left // per_epoch) if per_epoch > 0 else epochs
         out.update({"time_left_s": round(left, 1), "epoch_estimate_s": round(per_epoch, 1)})

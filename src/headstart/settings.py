@@ -27,6 +27,7 @@ from typing import Any, Iterator, Mapping
 from .errors import HeadstartError
 
 STRATEGIES = ("linear", "finetune", "progressive", "auto", "setfit")
+PAIR_STRATEGIES = ("setfit", "auto")  # the strategies that read --pairs
 HEADS = ("logreg", "mlp", "bagging", "boosting", "stacking")
 CALIBRATIONS = ("temperature", "none")
 SAMPLERS = ("shuffle", "balanced")
@@ -218,7 +219,7 @@ class TrainingSettings:
                                  cli=("--activation-cache/--no-activation-cache",))
     train_bn: bool = opt(False, "Let BatchNorm layers update their running statistics while fine-tuning (default: fixed).", cli=("--train-bn/--no-train-bn",))
     pairs: int | None = opt(None, "--strategy setfit: pairs of training texts the encoder is trained on, half same-class, half cross-class, "
-                            "seeded, one pass (default 1280; --epochs is not used).")
+                            "seeded, one pass (default 640; --epochs is not used).")
     # Default auto = final on a small validation split (< 50 items in its smallest class), by measurement on BreastMNIST
     # (benchmarks/breast_search.py; 78 validation images): the best-of-epochs rule kept mid-schedule epochs (epoch 4 of 8 at 96 px,
     # epoch 2 of 8 at lr 5e-4) that were 2 validation images above the final epoch; on splits of 50+ per class it stays best.
@@ -244,8 +245,12 @@ class TrainingSettings:
         _positive("backbone_lr", self.backbone_lr)
         _positive("clip_grad", self.clip_grad)
         _positive("time_limit", self.time_limit, what="number of seconds")
-        if self.pairs is not None:  # like --hidden without --head mlp, unused by the other strategies
+        if self.pairs is not None:
             _whole("pairs", self.pairs, 2)
+            if self.strategy not in PAIR_STRATEGIES:  # read by setfit only (auto: when it picks setfit); never ignored
+                raise HeadstartError(f"--pairs sets how many text pairs --strategy setfit trains the encoder on (auto's too, when it picks setfit), "
+                                     f"and strategy {self.strategy!r} uses no pairs. Fix: add --strategy setfit (Python: strategy='setfit'), "
+                                     "or drop --pairs.")
         if not 0.0 < float(self.lr_decay) <= 1.0:
             raise HeadstartError(f"The 'lr_decay' parameter must be in (0, 1]; got {self.lr_decay!r}.")
         if self.unfreeze is not None and self.unfreeze != "all":
