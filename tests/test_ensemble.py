@@ -83,6 +83,18 @@ def test_stacking_fits_on_validation_and_never_sees_test_labels(members, monkeyp
     np.testing.assert_allclose(a.predict_proba(DATA.test), np.exp(z) / np.exp(z).sum(1, keepdims=True), atol=1e-6)
 
 
+def test_the_feature_cache_gives_the_same_ensemble(members, tmp_path, monkeypatch):
+    # cache=True (benchmarks combining the same members many ways): fine-tuned members have their own cache entries
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))
+    plain = build_ensemble(members, method="stack", data=DATA, save=False)
+    for _ in range(2):  # filling the cache, then reading it
+        cached = build_ensemble(members, method="stack", data=DATA, save=False, cache=True)
+        np.testing.assert_allclose(cached.weight, plain.weight, atol=1e-6)
+        assert cached.metrics["test"]["accuracy"] == plain.metrics["test"]["accuracy"]
+        assert cached.metrics["test"]["log_loss"] == pytest.approx(plain.metrics["test"]["log_loss"], abs=1e-6)
+    assert any((tmp_path / "cache").rglob("*"))
+
+
 def test_an_ensemble_folder_reloads_in_a_fresh_process(members, tmp_path, cli):
     out = tmp_path / "ens"
     ens = build_ensemble(members, method="stack", data=DATA, out=out)

@@ -166,12 +166,14 @@ def _recorded_hash(run: Any) -> str | None:
 
 
 def build_ensemble(runs: Sequence[str | Path], *, method: str = "average", data: Any = None, out: str | Path | None = None,
-                   save: bool = True, batch_size: int = 64, overwrite: bool = False) -> Ensemble:
+                   save: bool = True, batch_size: int = 64, overwrite: bool = False, cache: bool = False) -> Ensemble:
     """Combine finished runs into one model; with ``data`` (labeled, as the members were split) score it on the test split.
 
     ``out``: the folder (default ``runs/ensemble-METHOD-<time>``; ``save=False``: none). ``stack`` needs ``data``: its combiner is fit on the validation split's member predictions. The
     split is the members' own (their recorded validation/test fractions and seed); members whose
     splits of ``data`` differ are an error, since one member's training items would be another's test items.
+    ``cache``: the members' features through the on-disk feature cache (keyed by each backbone's weights, so
+    a fine-tuned member has its own entries), for benchmarks that combine the same members many ways.
     """
     from .model import load
 
@@ -201,7 +203,7 @@ def build_ensemble(runs: Sequence[str | Path], *, method: str = "average", data:
         if splits.val is None or len(splits.val) < 2 * len(classes):
             raise DataError("Stacking fits on the validation split, which is missing or has fewer than 2 items per class. "
                             "Fix: give data with a val/ folder or a larger validation fraction, or use --method average.")
-        ens.weight, ens.bias, ens.info["stacker"] = fit_stacker(ens.member_proba(splits.val, batch_size=batch_size), splits.val.labels, len(classes))
+        ens.weight, ens.bias, ens.info["stacker"] = fit_stacker(ens.member_proba(splits.val, batch_size=batch_size, cache=cache), splits.val.labels, len(classes))
     run_dir = None
     if save:
         from .run_folder import new_run_dir
@@ -209,7 +211,7 @@ def build_ensemble(runs: Sequence[str | Path], *, method: str = "average", data:
         run_dir = new_run_dir(out, name=f"ensemble-{method}", overwrite=overwrite)
         ens.save(run_dir)
     if splits is not None and splits.test is not None and len(splits.test):
-        _score(ens, splits, run_dir, batch_size)
+        _score(ens, splits, run_dir, batch_size, cache)
     return ens
 
 
@@ -275,11 +277,11 @@ def fit_stacker(p_val: np.ndarray, y_val: np.ndarray, num_classes: int) -> tuple
     return weight, bias, {"C": c, "cv_folds": folds, "fit_on": "validation split", "n": int(len(y))}
 
 
-def _score(ens: Ensemble, splits: Any, run_dir: Path | None, batch_size: int) -> None:
+def _score(ens: Ensemble, splits: Any, run_dir: Path | None, batch_size: int, cache: bool = False) -> None:
     from .evaluate.metrics import classification_metrics
 
     test = splits.test
-    p = ens.member_proba(test, batch_size=batch_size)
+    p = ens.member_proba(test, batch_size=batch_size, cache=cache)
     proba = ens.combine(p)
     members = [{"run": str(m.run_dir), **{k: classification_metrics(test.labels, pm, ens.classes)[k] for k in ("accuracy", "log_loss", "macro_f1")}}
                for m, pm in zip(ens.members, p)]
