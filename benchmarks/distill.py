@@ -55,6 +55,7 @@ def shapes(seed: int):
 # dataset -> (loader, input size of the teacher and of scratch_cnn: the images' own 64 px for shapes, 2x for 28-px MNIST)
 DATASETS = {"shapes": (shapes, 64), "mnist5k": (mnist5k, 56)}
 TEACHER = dict(backbone="efficientnet_lite0", strategy="finetune", epochs=4)
+TEACHER_BACKBONES = {"lite0": "efficientnet_lite0", "lite1": "efficientnet_lite1", "lite2": "efficientnet_lite2"}
 
 
 def students(px: int, small_px: int, epochs: int | None = None) -> dict[str, dict]:
@@ -80,6 +81,17 @@ def few_labels(splits, per_class: int | None, seed: int):
     return dataclasses.replace(splits, train=train.subset(keep)), unlabeled
 
 
+def test_subset(splits, n: int | None, seed: int):
+    """The splits with ``n`` of their test items (a seeded permutation's first ``n``, in their order); unchanged without ``n``."""
+    import dataclasses
+
+    import numpy as np
+
+    if n is None:
+        return splits
+    return dataclasses.replace(splits, test=splits.test.subset(np.sort(np.random.default_rng(seed).permutation(len(splits.test))[:n])))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=",".join(DATASETS))
@@ -88,9 +100,13 @@ def main() -> None:
     ap.add_argument("--small-px", type=int, default=32)
     ap.add_argument("--student-epochs", type=int, default=None, help="epochs of both student runs (default: 20 for scratch_cnn, 4 for lite0-small)")
     ap.add_argument("--teacher-px", type=int, default=None, help="the teacher's input size (default: the dataset's, as scratch_cnn's)")
+    ap.add_argument("--teacher-epochs", type=int, default=TEACHER["epochs"], help="the teacher's fine-tuning epochs")
+    ap.add_argument("--teacher-backbone", default="lite0", choices=sorted(TEACHER_BACKBONES))
     ap.add_argument("--options", default="{}", help="JSON of distill options, e.g. '{\"temperature\": 2, \"alpha\": 0.5}'")
     ap.add_argument("--labeled-per-class", type=int, default=None,
                     help="keep this many labeled training items per class; the rest of the training split is the unlabeled transfer set")
+    ap.add_argument("--test-items", type=int, default=None,
+                    help="score on this many test items (seeded subset): the teacher's uncached speed and accuracy runs cost less")
     add_arguments(ap)
     args = ap.parse_args()
     if merged(args) is not None:
@@ -104,15 +120,23 @@ def main() -> None:
     def kept(run: str) -> int | None:  # the epoch whose weights the run kept (-1: the probe it started from)
         return (yaml.safe_load((Path(run) / "config.yaml").read_text()).get("training") or {}).get("best_epoch")
 
+    def history(run: str) -> list[list]:  # [epoch, train loss (the whole training loss: soft terms included), val loss, val acc] per epoch
+        import csv
+
+        rows = list(csv.DictReader((Path(run) / "history.csv").open())) if (Path(run) / "history.csv").is_file() else []
+        num = lambda v: round(float(v), 4) if v not in (None, "") else None  # noqa: E731
+        return [[int(r["epoch"]), num(r.get("train_loss")), num(r.get("val_loss")), num(r.get("val_acc"))] for r in rows]
+
     rows = Rows(args.json)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets.split(","):
             for seed in map(int, args.seeds.split(",")):
                 load, px = DATASETS[name]
-                splits, unlabeled = few_labels(load(seed), args.labeled_per_class, seed)
+                splits, unlabeled = few_labels(test_subset(load(seed), args.test_items, seed), args.labeled_per_class, seed)
                 t0 = time.perf_counter()
                 teacher = f"{tmp}/{name}-{seed}/teacher"
-                headstart.fit(splits, seed=seed, out=teacher, image_size=args.teacher_px or px, **TEACHER)
+                headstart.fit(splits, seed=seed, out=teacher, image_size=args.teacher_px or px,
+                              **{**TEACHER, "epochs": args.teacher_epochs, "backbone": TEACHER_BACKBONES[args.teacher_backbone]})
                 teacher_seconds = time.perf_counter() - t0
                 for student in args.students.split(","):
                     kw = students(px, args.small_px, args.student_epochs)[student]
@@ -123,13 +147,16 @@ def main() -> None:
                     model = headstart.fit(splits, seed=seed, method="distill", method_opt={"teacher": teacher, **json.loads(args.options)},
                                           unlabeled=unlabeled, out=f"{tmp}/{name}-{seed}/{student}-distilled", **kw)
                     d = model.metrics["distill"]
-                    row = {"dataset": name, "seed": seed, "student": student, "labeled_per_class": args.labeled_per_class,
+                    row = {"dataset": name, "seed": seed, "student": student, "labeled_per_class": args.labeled_per_class, "test_items": len(splits.test),
                            "unlabeled": 0 if unlabeled is None else len(unlabeled), "teacher_acc": d["teacher_accuracy"],
                            "label_only_acc": plain.metrics["test"]["accuracy"], "distilled_acc": d["student_accuracy"],
                            "agreement": d["agreement"], "param_ratio": d["teacher_parameters"] / d["student_parameters"],
                            "speedup": d["speedup"], "teacher_px": d["teacher_input_px"], "student_px": d["student_input_px"],
                            "teacher_mb": d["teacher_megabytes"], "student_mb": d["student_megabytes"],
                            "kept": [kept(f"{tmp}/{name}-{seed}/{s}") for s in ("teacher", f"{student}-labels", f"{student}-distilled")],
+                           "teacher": f"{args.teacher_backbone} finetune {args.teacher_epochs} epochs", "options": json.loads(args.options),
+                           "student_epochs": kw["epochs"], "teacher_soft": {k: d.get(k) for k in ("teacher_confidence", "transfer_set")},
+                           "history": {s: history(f"{tmp}/{name}-{seed}/{s}") for s in ("teacher", f"{student}-labels", f"{student}-distilled")},
                            "teacher_seconds": teacher_seconds, "label_only_seconds": plain_seconds, "distill_seconds": time.perf_counter() - t0}
                     rows.add(row)
     table(rows, f"seeds {args.seeds}, distill options {args.options}")

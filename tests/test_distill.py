@@ -81,6 +81,9 @@ def test_a_distilled_run_reports_teacher_and_student(teacher, tmp_path, monkeypa
     assert d["transfer_set"] == {"train": sum(n_train.values()), "unlabeled": 20} and d["temperature"] == 2.0 and d["alpha"] == 0.7
     assert 0 <= d["agreement"] <= 1 and d["student_accuracy"] == pytest.approx(model.metrics["test"]["accuracy"])
     assert d["teacher_parameters"] == d["student_parameters"] > 0 and d["teacher_images_per_s"] > 0 and d["speedup"] > 0
+    conf = d["teacher_confidence"]  # the teacher's mean top probability: softened by T, never below 1/K
+    assert set(conf) == {"train_T1", "train_T2", "unlabeled_T1", "unlabeled_T2"}
+    assert all(1 / 3 - 1e-6 <= conf[f"{n}_T2"] <= conf[f"{n}_T1"] <= 1 for n in ("train", "unlabeled"))
     from headstart.data import load_splits
 
     test = load_splits(DATA, seed=0).test  # the split fit scored

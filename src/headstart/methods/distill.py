@@ -144,7 +144,10 @@ class Distill(Method):
         t = self.teacher
         out: dict[str, Any] = {"teacher": str(self.options.teacher), "temperature": self.options.temperature, "alpha": self.options.alpha,
                                "teacher_logits_seconds": round(self.teacher_seconds, 3),
-                               "transfer_set": {"train": len(self.targets["train"]), "unlabeled": len(self.targets.get("unlabeled", ()))}}
+                               "transfer_set": {"train": len(self.targets["train"]), "unlabeled": len(self.targets.get("unlabeled", ()))},
+                               # how much the soft targets say: the teacher's mean top probability at T = 1 and at the temperature
+                               "teacher_confidence": {f"{name}_T{t:g}": round(float(F.softmax(z / t, 1).max(1).values.mean()), 4)
+                                                      for name, z in self.targets.items() for t in (1.0, float(self.options.temperature))}}
         for who, m in (("teacher", t), ("student", model)):
             out[f"{who}_parameters"] = int(sum(p.numel() for p in (*m.backbone.parameters(), *m.head.parameters())))
             out[f"{who}_megabytes"] = round(sum(v.numel() * v.element_size() for v in (*m.backbone.state_dict().values(), *m.head.state_dict().values())) / 1e6, 3)
