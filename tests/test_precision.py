@@ -112,6 +112,12 @@ def test_bf16_on_a_cpu_without_it_is_fp32_under_the_fp32_key(tiny, tmp_path, mon
     np.testing.assert_array_equal(extract_features(tiny, ds, precision="f32", cache_dir=tmp_path), asked)
 
 
+def test_check_refuses_bf16_on_a_cpu_without_it(tiny, simulated, monkeypatch):
+    monkeypatch.setattr(precision_mod, "bf16_supported", lambda: False)
+    d = precision_mod.check(tiny, _dataset())
+    assert d["precision"] == "f32" and "no native bf16" in d["reason"] and simulated["calls"] == []
+
+
 def test_bf16_needs_openvino(tiny):
     with pytest.raises(ValueError, match="precision='bf16' runs in OpenVINO"):
         extract_features(tiny, _dataset(4), precision="bf16", runtime="onnx", cache=False)

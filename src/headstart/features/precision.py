@@ -93,6 +93,8 @@ def check(backbone: Any, dataset: Any, *, batch_size: int = 64, cache: bool = Tr
     ``{"precision", "reason", "agreement", "cosine_mean", "cosine_min", "checked"}``."""
     from .extract import extract_features
 
+    if not bf16_supported():  # OpenVINO would run the "bf16" half in fp32: identical features, a check that cannot refuse
+        return {"precision": "f32", "reason": "this CPU has no native bf16 (or OpenVINO is not installed): nothing to check"}
     labels = np.asarray(dataset.labels)
     idx = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:sample])
     sub = dataset.subset(idx)
