@@ -300,6 +300,8 @@ def test_decode_threads_share_the_cores_by_cost():
 
     assert decode_threads(0.0024, 0.0021, runtime_threads=2, cores=2) == 1  # 500-px JPEGs, OpenVINO bf16
     assert decode_threads(0.038, 0.0021, runtime_threads=2, cores=2) == 2  # 12-MP JPEGs in draft mode
+    assert decode_threads(0.049, 0.0103, runtime_threads=2, cores=2) == 2  # 12-MP draft, fp32 on AVX2: 1.4 cores of decoding
+    assert decode_threads(0.0062, 0.01225, runtime_threads=2, cores=2) == 1  # 500-px JPEGs, fp32 on AVX2: 0.4 cores
     assert decode_threads(0.0, 0.01, runtime_threads=2, cores=8) == 1
     assert decode_threads(0.05, 0.0, runtime_threads=2, cores=8) == 8
 
