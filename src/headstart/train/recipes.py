@@ -225,7 +225,11 @@ def fit_in_loop(
     val_loader = make_loader(val_ds, batch_size, shuffle=False, num_workers=num_workers) if val_ds is not None else None
     hooks = method.loop_hooks() if method is not None else {}
     if "keep" not in hooks:  # a method's own rule (domain adaptation: latest) wins
-        hooks["keep"] = resolve_keep(tr.keep, splits.val.labels if has_val else None, len(splits.classes))
+        # auto's "final" compares the end of the schedule with a scored probe; with none (training from scratch, a
+        # continued run's grown head) it would keep the last epoch blindly, so auto stays "best" there
+        # (tests/test_continual.py: naive and rehearsal runs on the toy sequence).
+        keep = tr.keep if tr.keep != "auto" or initial is not None else "best"
+        hooks["keep"] = resolve_keep(keep, splits.val.labels if has_val else None, len(splits.classes))
         info["keep"] = hooks["keep"]
     t = time.perf_counter()
     result = train_classifier(
