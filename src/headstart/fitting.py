@@ -191,7 +191,7 @@ def fit(data: Any = None, settings: Settings | None = None, *, resume: str | Pat
         from .train.recipes import default_lr
         from .train.text_recipe import fit_text_finetune, text_epochs
         head_mod, history = fit_text_finetune(
-            bb, splits, seed=tr.seed, class_weights=cw, batch_size=tr.batch_size, epochs=text_epochs(epochs, type(tr).__dataclass_fields__["epochs"].default), lr=default_lr(tr.lr), backbone_lr=tr.backbone_lr,
+            bb, splits, seed=tr.seed, class_weights=cw, batch_size=tr.batch_size, epochs=text_epochs(epochs), lr=default_lr(tr.lr), backbone_lr=tr.backbone_lr,
             patience=tr.patience, progress=o.progress, dropout=None, timings=timings, runtime=b.runtime, cache=b.cache, unfreeze=tr.unfreeze,
             method=method, max_time=budget.left(_reserve_seconds(splits, timings, budget)))
     elif trained == "setfit":  # texts: the encoder trained on pairs in the loop, then the probe on its new embeddings (train.setfit)
@@ -359,7 +359,7 @@ def _auto(bb, splits, s: Settings, cw, timings: dict[str, float], budget, train_
     epochs = s.training.epochs
     if splits.train.modality == "text":
         from .train.text_recipe import text_epochs
-        epochs = text_epochs(epochs, type(s.training).__dataclass_fields__["epochs"].default)
+        epochs = text_epochs(epochs)
 
     probe = _fit_linear(bb, splits, s, cw, timings)
     score = _val_score(bb, probe[0], splits, s, cw)

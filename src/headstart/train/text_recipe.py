@@ -148,9 +148,11 @@ def text_loaders(backbone, splits, batch_size: int, seed: int, *, bucket: bool =
 TEXT_EPOCHS = 1
 
 
-def text_epochs(epochs: int, default: int) -> int:
-    """Stage-2 epochs: ``epochs``, or :data:`TEXT_EPOCHS` when it is the settings' default ``default`` (logged)."""
-    if int(epochs) != int(default):
+def text_epochs(epochs: int) -> int:
+    """Stage-2 epochs: ``epochs``, or :data:`TEXT_EPOCHS` when it is the settings' default (``TrainingSettings.epochs``; logged)."""
+    from ..settings import TrainingSettings
+
+    if int(epochs) != int(TrainingSettings.__dataclass_fields__["epochs"].default):
         return int(epochs)
     log.info("text fine-tuning: %d epochs (the text default; --epochs N to change)", TEXT_EPOCHS)
     return TEXT_EPOCHS
