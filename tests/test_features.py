@@ -298,10 +298,12 @@ def test_pipeline_error_names_the_file_and_keeps_what_was_computed(tiny, tmp_pat
 def test_decode_threads_share_the_cores_by_cost():
     from headstart.features.extract import decode_threads
 
-    assert decode_threads(0.0024, 0.0021, runtime_threads=2, cores=2) == 1  # 500-px JPEGs, OpenVINO bf16
+    assert decode_threads(0.0028, 0.00175, runtime_threads=2, cores=2) == 2  # 500-px JPEGs, OpenVINO bf16 (Intel)
+    assert decode_threads(0.0028, 0.004, runtime_threads=2, cores=2) == 2  # 500-px JPEGs, OpenVINO fp32 (Intel)
     assert decode_threads(0.038, 0.0021, runtime_threads=2, cores=2) == 2  # 12-MP JPEGs in draft mode
-    assert decode_threads(0.049, 0.0103, runtime_threads=2, cores=2) == 2  # 12-MP draft, fp32 on AVX2: 1.4 cores of decoding
-    assert decode_threads(0.0062, 0.01225, runtime_threads=2, cores=2) == 1  # 500-px JPEGs, fp32 on AVX2: 0.4 cores
+    assert decode_threads(0.0062, 0.01225, runtime_threads=2, cores=2) == 1  # 500-px JPEGs, fp32 on AVX2: decoding ~1/5 of the work
+    assert decode_threads(0.0028, 0.0005, runtime_threads=8, cores=8) == 8  # many cores, decoding the larger stage
+    assert decode_threads(0.0028, 0.01, runtime_threads=8, cores=8) == 1  # decoding 3% of the work
     assert decode_threads(0.0, 0.01, runtime_threads=2, cores=8) == 1
     assert decode_threads(0.05, 0.0, runtime_threads=2, cores=8) == 8
 

@@ -25,41 +25,59 @@ def tiny():
 
 @pytest.fixture
 def simulated(monkeypatch):
-    """bf16 'supported', and extraction replaced by separable fp32 features plus a chosen bf16 error."""
-    rng = np.random.default_rng(0)
-    state = {"noise": 0.0, "calls": []}
+    """bf16 'supported', and the check's extraction replaced by separable fp32 features plus a chosen
+    error and inference time per candidate: all-bf16, and bf16 after an fp32 stem."""
+    state = {"noise": {"bf16": 0.0, "bf16@stem": 0.0}, "seconds": {"f32": 2.0, "bf16": 1.0, "bf16@stem": 1.3}, "calls": []}
 
-    def fake_extract(backbone, ds, *, precision, **kw):
-        state["calls"].append(precision)
-        centers = np.eye(3, 16) * 4.0
-        f32 = centers[ds.labels] + np.random.default_rng(1).normal(0, 1.0, (len(ds), 16))
-        return f32 if precision == "f32" else f32 + rng.normal(0, state["noise"], f32.shape)
+    def fake_run(backbone, ds, **kw):
+        state["calls"].append(len(ds))
+        rng = np.random.default_rng(0)
+        f32 = np.eye(3, 16)[ds.labels] * 4.0 + np.random.default_rng(1).normal(0, 1.0, (len(ds), 16))
+        out = {"f32": (f32, state["seconds"]["f32"])}
+        for name, noise in state["noise"].items():
+            out[name] = (f32 + rng.normal(0, noise, f32.shape), state["seconds"][name])
+        return out
 
     monkeypatch.setattr(precision_mod, "bf16_supported", lambda: True)
-    monkeypatch.setattr("headstart.features.extract.extract_features", fake_extract)
+    monkeypatch.setattr(precision_mod, "run_precisions", fake_run)
     return state
 
 
 def test_bf16_chosen_when_probe_and_features_agree(tiny, simulated):
-    simulated["noise"] = 1e-4
+    simulated["noise"].update(bf16=1e-4, **{"bf16@stem": 1e-4})
     d = precision_mod.choose_precision(tiny, _dataset(), total_items=10_000)
-    assert d["precision"] == "bf16" and d["agreement"] == 1.0 and d["cosine_mean"] > 0.999
-    assert simulated["calls"] == ["f32", "bf16"] and "agrees" in d["reason"]
+    assert d["precision"] == "bf16" and d["agreement"] == 1.0 and d["cosine_mean"] > 0.999  # the faster of the two
+    assert simulated["calls"] == [60] and "agrees" in d["reason"]
+    assert [t["precision"] for t in d["tried"]] == ["f32", "bf16", "bf16@stem"]
     assert tiny.feature_precision is d
 
 
+def test_an_fp32_stem_is_chosen_where_all_bf16_differs(tiny, simulated):
+    simulated["noise"].update(bf16=0.12, **{"bf16@stem": 1e-4})  # all-bf16: cosine below 0.999
+    d = precision_mod.choose_precision(tiny, _dataset(), total_items=10_000)
+    assert d["precision"] == "bf16@stem" and d["cosine_mean"] > 0.999
+    assert "bf16 (fp32 up to stem)" in d["reason"] and d["tried"][1]["cosine_mean"] < precision_mod.MIN_COSINE
+    assert precision_mod.backbone_precision(tiny, backbone_fingerprint(tiny)) == "bf16@stem"
+
+
 def test_bf16_refused_when_agreement_falls_below_the_threshold(tiny, simulated):
-    simulated["noise"] = 3.0  # predictions flip
+    simulated["noise"].update(bf16=3.0, **{"bf16@stem": 3.0})  # predictions flip
     d = precision_mod.choose_precision(tiny, _dataset(), total_items=10_000)
     assert d["precision"] == "f32" and d["agreement"] < precision_mod.MIN_AGREEMENT
-    assert d["reason"].startswith("bf16 refused") and "probe agreement" in d["reason"]
+    assert d["reason"].startswith("bf16 refused") and "probe agreement" in d["reason"] and "fp32 up to stem" in d["reason"]
 
 
 def test_bf16_refused_when_features_differ_though_predictions_agree(tiny, simulated, monkeypatch):
-    simulated["noise"] = 0.12  # cosine below 0.999, argmax unchanged
-    monkeypatch.setattr(precision_mod, "MIN_AGREEMENT", 0.0)
+    simulated["noise"].update(bf16=0.12, **{"bf16@stem": 0.12})  # cosine below 0.999, argmax unchanged
     d = precision_mod.check(tiny, _dataset(), min_agreement=0.0)
     assert d["precision"] == "f32" and d["cosine_mean"] < precision_mod.MIN_COSINE
+
+
+def test_bf16_refused_where_it_agrees_but_is_no_faster(tiny, simulated):
+    simulated["noise"].update(bf16=1e-4, **{"bf16@stem": 1e-4})
+    simulated["seconds"].update(bf16=2.5, **{"bf16@stem": 2.2})  # slower than fp32's 2.0
+    d = precision_mod.check(tiny, _dataset())
+    assert d["precision"] == "f32" and "no faster" in d["reason"]
 
 
 @pytest.mark.parametrize("kw, reason", [

@@ -48,18 +48,20 @@ def ort_session(path: "str | os.PathLike", threads: int | None = None):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def ov_cpu_model(path: "str | os.PathLike", *, hint: str = "LATENCY", threads: int | None = None, pinning: bool | None = None,
+def ov_cpu_model(path: "str | os.PathLike | Any", *, hint: str = "LATENCY", threads: int | None = None, pinning: bool | None = None,
                  precision: str = "f32"):
-    """``path`` (ONNX or OpenVINO IR) compiled by OpenVINO for CPU in ``precision`` (default fp32: the CPU
-    plugin defaults to bf16 where the CPU has it, which changes the logits), with ``PERFORMANCE_HINT``
-    ``hint`` and ``threads`` inference threads (default: the available cores). Needs only openvino (no torch)."""
+    """``path`` (ONNX or OpenVINO IR file, or an ``openvino.Model``) compiled by OpenVINO for CPU in
+    ``precision`` (default fp32: the CPU plugin defaults to bf16 where the CPU has it, which changes the
+    logits), with ``PERFORMANCE_HINT`` ``hint`` and ``threads`` inference threads (default: the
+    available cores). Needs only openvino (no torch)."""
     import openvino as ov
 
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads or available_cores()}
     if pinning is not None:
         config["ENABLE_CPU_PINNING"] = pinning
     core = ov.Core()
-    return core.compile_model(core.read_model(str(path)), "CPU", config)
+    model = path if isinstance(path, ov.Model) else core.read_model(str(path))
+    return core.compile_model(model, "CPU", config)
 
 
 def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:

@@ -28,6 +28,7 @@ from .cache import FeatureCache, backbone_fingerprint, default_cache_dir, item_k
 from . import precision as _precision
 from .precision import backbone_precision
 from .runtime import RUNTIMES, make_runner
+from .split import is_precision
 
 logger = logging.getLogger("headstart.features")
 
@@ -67,7 +68,8 @@ def extract_features(
         progress: show a progress bar (rich).
         num_workers: decoding threads running ahead of inference; default: sized from the first
             batch so that decoding and inference share the cores by their cost (:func:`decode_threads`).
-        precision: ``"f32"`` or ``"bf16"`` (OpenVINO on CPU; its features have their own cache key);
+        precision: ``"f32"``, ``"bf16"`` or ``"bf16@<node>"`` (fp32 up to that node of the ONNX export,
+            bf16 after: :mod:`.split`); bf16 runs in OpenVINO on CPU, each has its own cache key;
             default: what the run decided for this backbone (:mod:`.precision`), else fp32.
 
     Example:
@@ -97,11 +99,11 @@ def extract_features(
     fingerprint = backbone_fingerprint(backbone) if need_fp else ""
     if precision is None:
         precision = backbone_precision(backbone, fingerprint) if runtime in ("auto", "openvino") else "f32"
-    elif precision not in ("f32", "bf16"):
-        raise ValueError(f"The 'precision' parameter must be 'f32', 'bf16' or None; got {precision!r}.")
-    elif precision == "bf16" and runtime not in ("auto", "openvino"):
-        raise ValueError(f"precision='bf16' runs in OpenVINO; runtime={runtime!r} cannot. Use runtime='auto' or 'openvino', or precision='f32'.")
-    if precision == "bf16" and not _precision.bf16_supported():
+    elif not is_precision(precision):
+        raise ValueError(f"The 'precision' parameter must be 'f32', 'bf16', 'bf16@<node>' (fp32 up to that node of the export) or None; got {precision!r}.")
+    elif precision != "f32" and runtime not in ("auto", "openvino"):
+        raise ValueError(f"precision={precision!r} runs in OpenVINO; runtime={runtime!r} cannot. Use runtime='auto' or 'openvino', or precision='f32'.")
+    if precision != "f32" and not _precision.bf16_supported():
         # OpenVINO runs a bf16 request in fp32 on such CPUs (AVX2-only, e.g. AMD EPYC Zen 3): say so, and key the cache as fp32.
         logger.warning("features: bf16 asked for (or saved with the run), but this CPU has no native bf16: extracting in fp32")
         precision = "f32"
@@ -202,22 +204,24 @@ def _decoded_batches(tds: TorchDataset, index: np.ndarray, batch_size: int, thre
 
 
 def decode_threads(decode_s: float, infer_s: float, *, runtime_threads: int, cores: int | None = None) -> int:
-    """Decoding threads that let decoding and inference share ``cores`` in proportion to their cost.
+    """Decoding threads that keep the runtime fed, at least 1 and at most ``cores``.
 
     ``decode_s`` is one item's decode+transform time on one core; ``infer_s`` one item's wall time
     of inference using ``runtime_threads`` threads, so ``infer_s * runtime_threads`` core-seconds.
-    Decoding gets ``cores * decode / (decode + infer)`` of the cores, rounded up once it passes a
-    quarter of a core beyond a whole thread, at least one thread: a decoder short of a thread leaves
-    the whole pipeline decode-bound, a spare one only waits (it runs at most two batches ahead).
-    Measured on 2 cores (AMD EPYC, AVX2, OpenVINO fp32), 128 4000x3000 JPEGs in draft mode (49 ms
-    decode, 21 core-ms inference: 1.4 cores' worth of decoding): rounding to 1 thread gave 17.1 and
-    17.9 img/s, 2 threads 20.8 and 24.6 (bound 28.8). 500-px JPEGs (6.2 ms vs 24.5 core-ms fp32 here;
-    2.4 vs 4.3 bf16 on an AVX-512 BF16 CPU): 1 thread.
+    While both stages have work, the OS shares the cores evenly among the running threads: D
+    decoders beside T runtime threads get D / (D + T) of the CPU, and need decode / (decode + infer)
+    of it, so D >= T * decode / infer. Twice that, rounded up once it passes a quarter of a thread,
+    is what measured best (a spare decoder only waits: it runs at most two batches ahead).
+    Measured on 2 cores (Intel, AVX-512 BF16; OpenVINO, 2 threads; 384 500x375 JPEGs: 2.8 ms
+    decode, 8.0 core-ms fp32 / 3.5 bf16 / 4.7 bf16 after an fp32 stem), img/s with 1 / 2 / 3 decoders:
+    fp32 147 / 161 / 163, bf16 232 / 264 / 247, mixed 213 / 202 / 215 (this rule: 2, 2, 2). On AMD
+    EPYC (AVX2, fp32), 128 4000x3000 JPEGs in draft mode (49 ms decode, 21 core-ms inference): 1
+    thread 17.1 and 17.9 img/s, 2 threads 20.8 and 24.6 (this rule: 2).
     """
     cores = cores or available_cores()
     infer_core_s = max(infer_s, 0.0) * runtime_threads
-    share = decode_s / max(decode_s + infer_core_s, 1e-12)
-    return int(min(cores, max(1, math.ceil(cores * share - 0.25))))
+    need = 2 * runtime_threads * decode_s / max(infer_core_s, 1e-12)
+    return int(min(cores, max(1, math.ceil(need - 0.25))))
 
 
 def _item(tds: TorchDataset, i: int) -> torch.Tensor:

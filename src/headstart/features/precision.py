@@ -2,15 +2,18 @@
 
 On CPUs with native bf16 (AVX-512 BF16 / AMX), OpenVINO runs EfficientNet-Lite0 about twice as fast
 in bf16 as in fp32 (``benchmarks/extract_speed.py``), but bf16 features are not fp32 features. So a
-run with ``--feature-precision auto`` (the default) extracts a seeded sample of its training images both
-ways and uses bf16 only if
+run with ``--feature-precision auto`` (the default) extracts a seeded sample of its training images
+in fp32 and in each bf16 candidate: all of the network in bf16, and the first layers in fp32 with
+the rest in bf16 (cut at each of up to three points of the graph, :mod:`.split`; for
+EfficientNet-Lite0 all-bf16 misses the cosine below, fp32 up to block 0 meets it). It uses the
+fastest candidate that is faster than fp32 on the sample and for which
 
 - the features agree: mean cosine similarity >= :data:`MIN_COSINE`, and
 - a probe agrees: logistic regressions fit on the fp32 features (two folds, each predicting the
   half it was not fit on) give the same top-1 class on the bf16 features for >= :data:`MIN_AGREEMENT`
   of the sample.
 
-Otherwise fp32, and the log and ``model.json`` say which and why. The decision is stored on the
+Otherwise fp32, and the log and ``model.json`` say which and why, with every candidate's figures. The decision is stored on the
 backbone (``feature_precision``, with the backbone fingerprint it was checked for), so every later
 extraction of the run, and ``predict`` on the saved run, use the same precision; a backbone whose
 weights change (fine-tuning) has another fingerprint and goes back to fp32. bf16 features have their
@@ -20,9 +23,12 @@ own cache key. ``--feature-precision f32`` never uses bf16; ``bf16`` skips the c
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .split import describe, is_precision
 
 logger = logging.getLogger("headstart.features")
 
@@ -46,7 +52,7 @@ def bf16_supported() -> bool:
 
 
 def choose_precision(backbone: Any, dataset: Any, *, setting: str = "auto", runtime: str = "auto", total_items: int | None = None,
-                     batch_size: int = 64, cache: bool = True, cache_dir: Any = None, sample: int = SAMPLE, seed: int = 0) -> dict[str, Any]:
+                     batch_size: int = 64, cache_dir: Any = None, sample: int = SAMPLE, seed: int = 0) -> dict[str, Any]:
     """Decide the precision of ``backbone``'s features for a run on ``dataset`` (its training split);
     store the decision on the backbone (``backbone.feature_precision``) and return it:
     ``{"precision": "f32" | "bf16", "reason": ..., and the check's figures when it ran}``.
@@ -73,7 +79,7 @@ def choose_precision(backbone: Any, dataset: Any, *, setting: str = "auto", runt
     elif setting == "bf16":
         decision.update(precision="bf16", reason="--feature-precision bf16 (not checked)")
     else:
-        decision.update(check(backbone, dataset, batch_size=batch_size, cache=cache, cache_dir=cache_dir, sample=sample, seed=seed))
+        decision.update(check(backbone, dataset, batch_size=batch_size, cache_dir=cache_dir, sample=sample, seed=seed))
     backbone.feature_precision = decision
     logger.info("features: precision %s (%s)", decision["precision"], decision["reason"])
     return decision
@@ -84,32 +90,78 @@ def choose_for_run(backbone: Any, splits: Any, settings: Any) -> dict[str, Any]:
     b, tr = settings.backbone, settings.training
     total = sum(len(x) for x in (splits.train, splits.val, splits.test) if x is not None)
     return choose_precision(backbone, splits.train, setting=b.feature_precision, runtime=b.runtime, total_items=total,
-                            batch_size=tr.batch_size, cache=b.cache, seed=tr.seed)
+                            batch_size=tr.batch_size, seed=tr.seed)
 
 
-def check(backbone: Any, dataset: Any, *, batch_size: int = 64, cache: bool = True, cache_dir: Any = None, sample: int = SAMPLE,
-          seed: int = 0, min_agreement: float = MIN_AGREEMENT, min_cosine: float = MIN_COSINE) -> dict[str, Any]:
-    """Extract a seeded sample of ``dataset`` in fp32 and bf16 (OpenVINO) and compare: the decision
-    ``{"precision", "reason", "agreement", "cosine_mean", "cosine_min", "checked"}``."""
-    from .extract import extract_features
+def check(backbone: Any, dataset: Any, *, batch_size: int = 64, cache_dir: Any = None, sample: int = SAMPLE, seed: int = 0,
+          min_agreement: float = MIN_AGREEMENT, min_cosine: float = MIN_COSINE) -> dict[str, Any]:
+    """Extract a seeded sample of ``dataset`` in fp32 and in each bf16 candidate (OpenVINO: all
+    bf16, then fp32 up to each cut of :func:`.split.fp32_prefix_cuts` and bf16 after) and compare.
 
+    The fastest candidate that agrees (probe agreement >= ``min_agreement``, mean cosine >=
+    ``min_cosine``) and is faster than fp32 on the sample is chosen, else fp32. Returns the decision
+    ``{"precision", "reason", "agreement", "cosine_mean", "cosine_min", "checked", "tried"}``: the
+    figures of the chosen candidate (of the closest one when none agrees), and every candidate's in
+    ``tried`` (with its inference ms per image on the sample, fp32 included)."""
     if not bf16_supported():  # OpenVINO would run the "bf16" half in fp32: identical features, a check that cannot refuse
         return {"precision": "f32", "reason": "this CPU has no native bf16 (or OpenVINO is not installed): nothing to check"}
     labels = np.asarray(dataset.labels)
     idx = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:sample])
-    sub = dataset.subset(idx)
     classes, counts = np.unique(labels[idx], return_counts=True)
     if len(classes) < 2 or counts.min() < 2:
         return {"precision": "f32", "reason": f"too few labeled images to check bf16 ({len(idx)} sampled, {len(classes)} classes)"}
-    kw = dict(batch_size=batch_size, runtime="openvino", cache=cache, cache_dir=cache_dir)
-    f32 = extract_features(backbone, sub, precision="f32", **kw)
-    bf16 = extract_features(backbone, sub, precision="bf16", **kw)
-    agreement, cosine = probe_agreement(f32, bf16, labels[idx], seed=seed), row_cosine(f32, bf16)
-    figures = {"agreement": agreement, "cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()), "checked": int(len(idx))}
-    ok = agreement >= min_agreement and figures["cosine_mean"] >= min_cosine
-    said = (f"on {len(idx)} training images: probe agreement {100 * agreement:.2f}% (>= {100 * min_agreement:g}% needed), "
-            f"feature cosine mean {figures['cosine_mean']:.5f} (>= {min_cosine:g} needed)")
-    return {"precision": "bf16" if ok else "f32", "reason": ("bf16 agrees with fp32 " if ok else "bf16 refused: ") + said, **figures}
+    runs = run_precisions(backbone, dataset.subset(idx), batch_size=batch_size, cache_dir=cache_dir)
+    ref, ref_s = runs.pop("f32")
+    ms = lambda seconds: round(1e3 * seconds / len(idx), 3)  # noqa: E731
+    tried = [{"precision": "f32", "ms_per_item": ms(ref_s)}]
+    for name, (feats, seconds) in runs.items():
+        cosine = row_cosine(ref, feats)
+        tried.append({"precision": name, "agreement": probe_agreement(ref, feats, labels[idx], seed=seed), "cosine_mean": float(cosine.mean()),
+                      "cosine_min": float(cosine.min()), "ms_per_item": ms(seconds)})
+    bf16 = tried[1:]
+    agreeing = [t for t in bf16 if t["agreement"] >= min_agreement and t["cosine_mean"] >= min_cosine]
+    faster = [t for t in agreeing if t["ms_per_item"] < tried[0]["ms_per_item"]]
+    best = min(faster, key=lambda t: t["ms_per_item"]) if faster else max(bf16, key=lambda t: (t["agreement"], t["cosine_mean"]))
+    said = f"on {len(idx)} training images: " + "; ".join(
+        f"{describe(t['precision'])}: probe agreement {100 * t['agreement']:.2f}%, cosine mean {t['cosine_mean']:.5f}, "
+        f"{t['ms_per_item']:.2f} ms/image" for t in ([best] if faster else bf16))
+    need = f"(>= {100 * min_agreement:g}% and >= {min_cosine:g} needed; fp32 {tried[0]['ms_per_item']:.2f} ms/image)"
+    if faster:
+        reason = f"bf16 agrees with fp32 {said} {need}"
+    elif agreeing:
+        reason = f"bf16 refused: it agrees but is no faster than fp32 here {said} {need}"
+    else:
+        reason = f"bf16 refused {said} {need}"
+    figures = {k: best[k] for k in ("agreement", "cosine_mean", "cosine_min")}
+    return {"precision": best["precision"] if faster else "f32", "reason": reason, **figures, "checked": int(len(idx)), "tried": tried}
+
+
+def run_precisions(backbone: Any, dataset: Any, *, batch_size: int = 64, cache_dir: Any = None) -> dict[str, tuple[np.ndarray, float]]:
+    """``dataset`` decoded once and run through OpenVINO in fp32 and in each bf16 candidate (all
+    bf16, then each fp32-prefix cut): ``{precision: (features, seconds of inference)}``, fp32 first."""
+    import time
+
+    from .._util import available_cores
+    from ..data.dataset import TorchDataset
+    from .cache import backbone_fingerprint, default_cache_dir
+    from .extract import _decoded_batches, _eval_mode
+    from .runtime import make_runner, onnx_model
+    from .split import MIXED, fp32_prefix_cuts
+
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    fingerprint = backbone_fingerprint(backbone)
+    tds = TorchDataset(dataset, backbone.preprocessing.transform())
+    out: dict[str, tuple[np.ndarray, float]] = {}
+    with _eval_mode(backbone):
+        batches = list(_decoded_batches(tds, np.arange(len(dataset)), batch_size, available_cores(), {}))
+        path = onnx_model(backbone, batches[0], fingerprint=fingerprint, cache_dir=root)
+        for name in ("f32", "bf16", *(MIXED + cut for cut in fp32_prefix_cuts(path))):
+            runner = make_runner("openvino", backbone, batches[0], fingerprint=fingerprint, cache_dir=root, precision=name)
+            runner(batches[0][:4])  # compiled; first inference not timed
+            t = time.perf_counter()
+            feats = np.concatenate([runner(x) for x in batches])
+            out[name] = (feats, time.perf_counter() - t)
+    return out
 
 
 def probe_agreement(reference: np.ndarray, other: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> float:
@@ -141,7 +193,8 @@ def backbone_precision(backbone: Any, fingerprint: str) -> str:
     """The precision decided for ``backbone`` (``feature_precision``), if it was decided for these
     weights and preprocessing (``fingerprint``); else fp32."""
     decision = getattr(backbone, "feature_precision", None) or {}
-    return "bf16" if decision.get("precision") == "bf16" and decision.get("fingerprint") == fingerprint else "f32"
+    chosen = decision.get("precision")
+    return chosen if is_precision(chosen) and decision.get("fingerprint") == fingerprint else "f32"
 
 
 def _on_gpu(backbone: Any) -> bool:
