@@ -15,13 +15,17 @@ then prints images/s, the speed ratio, the largest absolute feature difference, 
 regressions trained on each feature set agree on held-out items, the cache-hit time of a second
 call, and the peak resident memory of extracting ``--peak-n`` images in a subprocess.
 
+With native bf16 it also times ``extract_features`` at the precision the bf16 check chose
+(``headstart.features.precision.check`` on these images: all-bf16 or fp32 up to a cut of the graph
+and bf16 after, where that agrees with fp32; else fp32).
+
 The pipeline section (issue 16) then measures, per photo set (generated 500x375 and 4000x3000
-JPEGs of ``--photos`` images each, or the images of ``--folder``): each stage's cost on one core
-(decode + resize + normalise, with and without JPEG draft mode; OpenVINO inference in fp32 and bf16,
-one thread), the bound ``cores / (decode_ms + infer_ms)``, and the achieved end-to-end rate of
-the previous pipeline (one DataLoader worker process, full decode), of ``extract_features`` (fp32)
-and of ``extract_features(precision="bf16")``, as a share of the bound; and the bf16 check
-(``headstart.features.precision.check``: probe agreement and feature cosine against fp32).
+JPEGs of ``--photos`` images each, or the images of ``--folder``): the bf16 check (probe agreement
+and feature cosine of each candidate against fp32, and which it chose), each stage's cost on one
+core (decode + resize + normalise, with and without JPEG draft mode; OpenVINO inference at each
+precision, one thread), the bound ``cores / (decode_ms + infer_ms)``, and the achieved end-to-end
+rate of the previous pipeline (one DataLoader worker process, full decode) and of
+``extract_features`` at fp32, all-bf16 and the chosen precision, as a share of the bound.
 Other processes on the machine skew timings: the load average is printed with the results.
 """
 
@@ -190,11 +194,13 @@ class FullDecode:
 
 
 def stage_costs(bb, ds, onnx_path, batch: int, n: int = 64, precisions: tuple[str, ...] = ("f32", "bf16")) -> dict:
-    """Per-image core-milliseconds of each stage, measured one stage at a time on one core."""
+    """Per-image core-milliseconds of each stage, measured one stage at a time on one core
+    (a mixed precision ``bf16@<node>``: its fp32 and bf16 parts one after the other)."""
     import torch
 
     from headstart._util import ov_cpu_model
     from headstart.data.dataset import TorchDataset
+    from headstart.features.split import cut_of, split_model
 
     tf = bb.preprocessing.transform()
     full = TorchDataset(ds, FullDecode(tf))
@@ -213,8 +219,16 @@ def stage_costs(bb, ds, onnx_path, batch: int, n: int = 64, precisions: tuple[st
         torch.set_num_threads(threads)
     xn = np.ascontiguousarray(x.numpy())
     for precision in precisions:
-        request = ov_cpu_model(onnx_path, threads=1, precision=precision).create_infer_request()
-        run = lambda: [request.infer({0: xn[i : i + 4]}) for i in range(0, len(xn), 4)]  # noqa: E731
+        cut = cut_of(precision)
+        parts = [(onnx_path, precision)] if cut is None else list(zip(split_model(onnx_path, cut), ("f32", "bf16")))
+        requests = [ov_cpu_model(model, threads=1, precision=p).create_infer_request() for model, p in parts]
+
+        def run():
+            for i in range(0, len(xn), 4):
+                y = xn[i : i + 4]
+                for r in requests:
+                    y = r.infer({0: y})[0]
+
         run()
         t = time.perf_counter()
         run()
@@ -258,7 +272,10 @@ def _previous_rate(paths: list[str], batch: int, cache: str) -> float:
 
 
 def pipeline_rows(bb, sets: dict, batch: int, cache: Path) -> list[dict]:
-    """The pipeline section's measurements, one row per photo set."""
+    """The pipeline section's measurements: per photo set, the bf16 check's choice, then one row
+    per precision (fp32; all-bf16 and the chosen one where the CPU has native bf16)."""
+    import torch
+
     from headstart.data.dataset import LabeledDataset
     from headstart.features import extract_features
     from headstart.features.cache import backbone_fingerprint
@@ -268,47 +285,54 @@ def pipeline_rows(bb, sets: dict, batch: int, cache: Path) -> list[dict]:
     cores = os.cpu_count() or 1
     # Without native bf16 (e.g. AVX2-only CPUs) OpenVINO runs a bf16 request in fp32: no bf16 rows, only the check's verdict.
     native = bf16_supported()
-    precisions = ("f32", "bf16") if native else ("f32",)
     rows = []
     for name, (paths, labels) in sets.items():
         ds = LabeledDataset(paths, labels, [str(c) for c in range(int(labels.max()) + 1)])
         extract_features(bb, ds.subset(range(4)), batch_size=batch, cache=False, cache_dir=cache)  # export, verify, compile
-        if native:
-            extract_features(bb, ds.subset(range(4)), batch_size=batch, cache=False, cache_dir=cache, precision="bf16")
-        import torch
-
+        verdict = {}
+        if len(set(labels.tolist())) > 1:
+            t = time.perf_counter()
+            verdict = check(bb, ds, batch_size=batch, cache_dir=cache, sample=min(512, len(ds)))
+            verdict["check_s"] = time.perf_counter() - t
+            print(f"{name}: bf16 check in {verdict['check_s']:.1f}s -> {verdict['precision']}: {verdict['reason']}", flush=True)
+        precisions = list(dict.fromkeys(["f32", *(["bf16", verdict.get("precision", "bf16")] if native else [])]))
         sample = torch.stack([bb.preprocessing.transform()(ds.load(0))] * 2)
-        costs = stage_costs(bb, ds, onnx_model(bb, sample, fingerprint=backbone_fingerprint(bb), cache_dir=cache), batch, precisions=precisions)
-        row = {"set": name, "n": len(ds), "cores": cores, "bf16_native": native, **{k: round(v, 2) for k, v in costs.items()}}
-        row["previous_img_s"] = previous_pipeline(paths, batch, cache)
+        costs = stage_costs(bb, ds, onnx_model(bb, sample, fingerprint=backbone_fingerprint(bb), cache_dir=cache), batch, precisions=tuple(precisions))
+        previous = previous_pipeline(paths, batch, cache)
         for precision in precisions:
+            extract_features(bb, ds.subset(range(4)), batch_size=batch, cache=False, cache_dir=cache, precision=precision)  # compiled
             t = time.perf_counter()
             extract_features(bb, ds, batch_size=batch, cache=False, cache_dir=cache, precision=precision)
-            row[f"{precision}_img_s"] = len(ds) / (time.perf_counter() - t)
-            row[f"{precision}_bound_img_s"] = cores * 1e3 / (costs["decode_ms"] + costs[f"infer_{precision}_ms"])
-            row[f"{precision}_of_bound"] = row[f"{precision}_img_s"] / row[f"{precision}_bound_img_s"]
-            row[f"{precision}_vs_previous"] = row[f"{precision}_img_s"] / row["previous_img_s"]
-        if len(set(labels.tolist())) > 1:
-            verdict = check(bb, ds, batch_size=batch, cache=False, cache_dir=cache, sample=min(512, len(ds)))
-            row.update({k: verdict[k] for k in ("precision", "reason", "agreement", "cosine_mean", "cosine_min") if k in verdict})
-        rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-        print(json.dumps(rows[-1]), flush=True)
+            rate = len(ds) / (time.perf_counter() - t)
+            bound = cores * 1e3 / (costs["decode_ms"] + costs[f"infer_{precision}_ms"])
+            row = {"set": name, "n": len(ds), "cores": cores, "bf16_native": native, "precision": precision,
+                   "chosen": precision == verdict.get("precision"), "decode_ms": costs["decode_ms"], "decode_full_ms": costs["decode_full_ms"],
+                   "infer_ms": costs[f"infer_{precision}_ms"], "previous_img_s": previous, "img_s": rate, "bound_img_s": bound,
+                   "of_bound": rate / bound, "vs_previous": rate / previous}
+            if precision == verdict.get("precision") or (precision == "bf16" and "tried" in verdict):
+                tried = {t["precision"]: t for t in verdict.get("tried", [])}
+                row.update({k: tried.get(precision, verdict).get(k) for k in ("agreement", "cosine_mean", "cosine_min")})
+            if row["chosen"]:
+                row.update(reason=verdict["reason"], check_s=verdict["check_s"])
+            rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def print_pipeline(rows: list[dict]) -> None:
-    print("\npipeline (per image: decode = decode+resize+normalise on one core; infer = OpenVINO on one core)")
-    head = f"{'set':<18}{'decode ms':>10}{'(full)':>8}{'f32 ms':>8}{'bf16 ms':>8}{'previous':>10}{'fp32 img/s':>12}{'of bound':>9}{'bf16 img/s':>12}{'of bound':>9}{'x prev':>7}"
-    print(head)
-    nan = float("nan")
+    from headstart.features.split import describe
+
+    print("\npipeline (per image: decode = decode+resize+normalise on one core; infer = OpenVINO on one core;"
+          " bound = cores / (decode + infer); * = chosen by the bf16 check)")
+    print(f"{'set':<16}{'precision':<34}{'decode ms':>10}{'(full)':>8}{'infer ms':>9}{'bound':>8}{'img/s':>8}{'of bound':>9}"
+          f"{'previous':>9}{'x prev':>7}{'cosine':>9}")
     for r in rows:
-        print(f"{r['set']:<18}{r['decode_ms']:>10.2f}{r['decode_full_ms']:>8.1f}{r['infer_f32_ms']:>8.2f}{r.get('infer_bf16_ms', nan):>8.2f}"
-              f"{r['previous_img_s']:>10.1f}{r['f32_img_s']:>12.1f}{r['f32_of_bound']:>9.2f}{r.get('bf16_img_s', nan):>12.1f}"
-              f"{r.get('bf16_of_bound', nan):>9.2f}{r.get('bf16_vs_previous', r['f32_vs_previous']):>7.2f}")
-        if not r.get("bf16_native", True):
-            print(f"{'':<18}this CPU has no native bf16: the bf16 columns are not measured")
-        if "reason" in r:
-            print(f"{'':<18}bf16 check -> {r['precision']}: {r['reason']} (cosine min {r.get('cosine_min', float('nan')):.5f})")
+        mark = "*" if r["chosen"] else " "
+        cos = f"{r['cosine_mean']:.5f}" if r.get("cosine_mean") is not None else ""
+        print(f"{r['set']:<16}{mark + describe(r['precision']):<34.34}{r['decode_ms']:>10.2f}{r['decode_full_ms']:>8.1f}{r['infer_ms']:>9.2f}"
+              f"{r['bound_img_s']:>8.1f}{r['img_s']:>8.1f}{r['of_bound']:>9.2f}{r['previous_img_s']:>9.1f}{r['vs_previous']:>7.2f}{cos:>9}")
+    if rows and not rows[0]["bf16_native"]:
+        print("this CPU has no native bf16: only fp32 is measured")
 
 
 class _RuntimeLog(logging.Handler):
@@ -338,6 +362,8 @@ def main() -> None:
     from headstart.backbones.registry import create_backbone
     from headstart.data.dataset import LabeledDataset
     from headstart.features import extract_features
+    from headstart.features.precision import bf16_supported, check
+    from headstart.features.split import describe
 
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="hs-bench-") as td:
@@ -370,6 +396,14 @@ def main() -> None:
         fb = extract_features(bb, ds, batch_size=args.batch, cache=False, cache_dir=cache)
         t_auto = time.perf_counter() - t
 
+        chosen, t_chosen = "f32", None
+        if bf16_supported():
+            chosen = check(bb, ds, batch_size=args.batch, cache_dir=cache)["precision"]
+            extract_features(bb, ds.subset(range(min(8, args.n))), batch_size=args.batch, cache=False, cache_dir=cache, precision=chosen)
+            t = time.perf_counter()
+            extract_features(bb, ds, batch_size=args.batch, cache=False, cache_dir=cache, precision=chosen)
+            t_chosen = time.perf_counter() - t
+
         extract_features(bb, ds.subset(range(min(8, args.n))), batch_size=args.batch, runtime="onnx", cache=False, cache_dir=cache)
         t = time.perf_counter()
         fo = extract_features(bb, ds, batch_size=args.batch, runtime="onnx", cache=False, cache_dir=cache)
@@ -392,6 +426,7 @@ def main() -> None:
     rows = [
         ("(a) plain timm eager loop", f"{ips(t_plain):7.1f} img/s", "1.00x"),
         (f"(b) extract_features auto ({log.name_seen})", f"{ips(t_auto):7.1f} img/s", f"{t_plain / t_auto:.2f}x"),
+        *([(f"    checked precision: {describe(chosen)}"[:44], f"{ips(t_chosen):7.1f} img/s", f"{t_plain / t_chosen:.2f}x")] if t_chosen else []),
         ("    extract_features runtime='onnx'", f"{ips(t_onnx):7.1f} img/s", f"{t_plain / t_onnx:.2f}x"),
         ("    extract_features runtime='torch'", f"{ips(t_torch):7.1f} img/s", f"{t_plain / t_torch:.2f}x"),
         ("    one-time ONNX export, verify, compile", f"{t_export:7.1f} s", ""),

@@ -24,7 +24,7 @@ def tiny():
 
 
 @pytest.fixture
-def simulated(monkeypatch):
+def simulated(monkeypatch, tmp_path):
     """bf16 'supported', and the check's extraction replaced by separable fp32 features plus a chosen
     error and inference time per candidate: all-bf16, and bf16 after an fp32 stem."""
     state = {"noise": {"bf16": 0.0, "bf16@stem": 0.0}, "seconds": {"f32": 2.0, "bf16": 1.0, "bf16@stem": 1.3}, "calls": []}
@@ -32,7 +32,8 @@ def simulated(monkeypatch):
     def fake_run(backbone, ds, **kw):
         state["calls"].append(len(ds))
         rng = np.random.default_rng(0)
-        f32 = np.eye(3, 16)[ds.labels] * 4.0 + np.random.default_rng(1).normal(0, 1.0, (len(ds), 16))
+        dim = int(backbone.num_features)
+        f32 = np.eye(3, dim)[ds.labels] * 4.0 + np.random.default_rng(1).normal(0, 1.0, (len(ds), dim))
         out = {"f32": (f32, state["seconds"]["f32"])}
         for name, noise in state["noise"].items():
             out[name] = (f32 + rng.normal(0, noise, f32.shape), state["seconds"][name])
@@ -40,6 +41,7 @@ def simulated(monkeypatch):
 
     monkeypatch.setattr(precision_mod, "bf16_supported", lambda: True)
     monkeypatch.setattr(precision_mod, "run_precisions", fake_run)
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))
     return state
 
 
@@ -58,6 +60,15 @@ def test_an_fp32_stem_is_chosen_where_all_bf16_differs(tiny, simulated):
     assert d["precision"] == "bf16@stem" and d["cosine_mean"] > 0.999
     assert "bf16 (fp32 up to stem)" in d["reason"] and d["tried"][1]["cosine_mean"] < precision_mod.MIN_COSINE
     assert precision_mod.backbone_precision(tiny, backbone_fingerprint(tiny)) == "bf16@stem"
+
+
+def test_the_checked_sample_is_cached_at_the_chosen_precision(tiny, simulated, monkeypatch):
+    simulated["noise"].update(bf16=0.12, **{"bf16@stem": 1e-4})
+    ds = _dataset()
+    d = precision_mod.choose_precision(tiny, ds, total_items=10_000)
+    checked = precision_mod.run_precisions(tiny, ds)["bf16@stem"][0]  # the simulation is deterministic
+    monkeypatch.setattr("headstart.features.extract.make_runner", lambda *a, **k: pytest.fail("the sample was extracted again"))
+    np.testing.assert_allclose(extract_features(tiny, ds, precision=d["precision"]), checked, rtol=1e-6)
 
 
 def test_bf16_refused_when_agreement_falls_below_the_threshold(tiny, simulated):

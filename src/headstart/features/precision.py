@@ -36,9 +36,11 @@ PRECISIONS = ("auto", "f32", "bf16")
 MIN_AGREEMENT = 0.995  # probe top-1 agreement, bf16 vs fp32 features (issue 16)
 MIN_COSINE = 0.999  # mean cosine similarity of bf16 and fp32 features
 SAMPLE = 512  # training images checked
-#: Below this many images to extract in the run, the check (the sample in fp32 and bf16) costs more
-#: than bf16 saves: about 2 ms per image on 2 cores against ~8 s for the check.
-MIN_ITEMS = 2048
+#: Below this many images to extract in the run, the check costs more than bf16 saves. Measured on 2
+#: cores (AVX-512 BF16, Lite0, ``benchmarks/extract_speed.py``): the check of 512 500-px JPEGs (fp32,
+#: all-bf16 and three cuts) takes ~10 s, 2.5 s of which come back as the sample's cached features;
+#: the chosen bf16 saves 2.2 ms per image end to end (200 vs 138 img/s): even at ~3,400 images.
+MIN_ITEMS = 4096
 
 
 def bf16_supported() -> bool:
@@ -52,7 +54,7 @@ def bf16_supported() -> bool:
 
 
 def choose_precision(backbone: Any, dataset: Any, *, setting: str = "auto", runtime: str = "auto", total_items: int | None = None,
-                     batch_size: int = 64, cache_dir: Any = None, sample: int = SAMPLE, seed: int = 0) -> dict[str, Any]:
+                     batch_size: int = 64, cache: bool = True, cache_dir: Any = None, sample: int = SAMPLE, seed: int = 0) -> dict[str, Any]:
     """Decide the precision of ``backbone``'s features for a run on ``dataset`` (its training split);
     store the decision on the backbone (``backbone.feature_precision``) and return it:
     ``{"precision": "f32" | "bf16", "reason": ..., and the check's figures when it ran}``.
@@ -79,7 +81,7 @@ def choose_precision(backbone: Any, dataset: Any, *, setting: str = "auto", runt
     elif setting == "bf16":
         decision.update(precision="bf16", reason="--feature-precision bf16 (not checked)")
     else:
-        decision.update(check(backbone, dataset, batch_size=batch_size, cache_dir=cache_dir, sample=sample, seed=seed))
+        decision.update(check(backbone, dataset, batch_size=batch_size, cache=cache, cache_dir=cache_dir, sample=sample, seed=seed))
     backbone.feature_precision = decision
     logger.info("features: precision %s (%s)", decision["precision"], decision["reason"])
     return decision
@@ -90,10 +92,10 @@ def choose_for_run(backbone: Any, splits: Any, settings: Any) -> dict[str, Any]:
     b, tr = settings.backbone, settings.training
     total = sum(len(x) for x in (splits.train, splits.val, splits.test) if x is not None)
     return choose_precision(backbone, splits.train, setting=b.feature_precision, runtime=b.runtime, total_items=total,
-                            batch_size=tr.batch_size, seed=tr.seed)
+                            batch_size=tr.batch_size, cache=b.cache, seed=tr.seed)
 
 
-def check(backbone: Any, dataset: Any, *, batch_size: int = 64, cache_dir: Any = None, sample: int = SAMPLE, seed: int = 0,
+def check(backbone: Any, dataset: Any, *, batch_size: int = 64, cache: bool = True, cache_dir: Any = None, sample: int = SAMPLE, seed: int = 0,
           min_agreement: float = MIN_AGREEMENT, min_cosine: float = MIN_COSINE) -> dict[str, Any]:
     """Extract a seeded sample of ``dataset`` in fp32 and in each bf16 candidate (OpenVINO: all
     bf16, then fp32 up to each cut of :func:`.split.fp32_prefix_cuts` and bf16 after) and compare.
@@ -102,7 +104,9 @@ def check(backbone: Any, dataset: Any, *, batch_size: int = 64, cache_dir: Any =
     ``min_cosine``) and is faster than fp32 on the sample is chosen, else fp32. Returns the decision
     ``{"precision", "reason", "agreement", "cosine_mean", "cosine_min", "checked", "tried"}``: the
     figures of the chosen candidate (of the closest one when none agrees), and every candidate's in
-    ``tried`` (with its inference ms per image on the sample, fp32 included)."""
+    ``tried`` (with its inference ms per image on the sample, fp32 included). ``cache``: the
+    sample's features at the chosen precision go into the feature cache, so the run does not
+    extract them again."""
     if not bf16_supported():  # OpenVINO would run the "bf16" half in fp32: identical features, a check that cannot refuse
         return {"precision": "f32", "reason": "this CPU has no native bf16 (or OpenVINO is not installed): nothing to check"}
     labels = np.asarray(dataset.labels)
@@ -110,11 +114,12 @@ def check(backbone: Any, dataset: Any, *, batch_size: int = 64, cache_dir: Any =
     classes, counts = np.unique(labels[idx], return_counts=True)
     if len(classes) < 2 or counts.min() < 2:
         return {"precision": "f32", "reason": f"too few labeled images to check bf16 ({len(idx)} sampled, {len(classes)} classes)"}
-    runs = run_precisions(backbone, dataset.subset(idx), batch_size=batch_size, cache_dir=cache_dir)
-    ref, ref_s = runs.pop("f32")
+    sub = dataset.subset(idx)
+    runs = run_precisions(backbone, sub, batch_size=batch_size, cache_dir=cache_dir)
+    ref, ref_s = runs["f32"]
     ms = lambda seconds: round(1e3 * seconds / len(idx), 3)  # noqa: E731
     tried = [{"precision": "f32", "ms_per_item": ms(ref_s)}]
-    for name, (feats, seconds) in runs.items():
+    for name, (feats, seconds) in list(runs.items())[1:]:
         cosine = row_cosine(ref, feats)
         tried.append({"precision": name, "agreement": probe_agreement(ref, feats, labels[idx], seed=seed), "cosine_mean": float(cosine.mean()),
                       "cosine_min": float(cosine.min()), "ms_per_item": ms(seconds)})
@@ -133,7 +138,22 @@ def check(backbone: Any, dataset: Any, *, batch_size: int = 64, cache_dir: Any =
     else:
         reason = f"bf16 refused {said} {need}"
     figures = {k: best[k] for k in ("agreement", "cosine_mean", "cosine_min")}
-    return {"precision": best["precision"] if faster else "f32", "reason": reason, **figures, "checked": int(len(idx)), "tried": tried}
+    chosen = best["precision"] if faster else "f32"
+    if cache:
+        _store(backbone, sub, runs[chosen][0], chosen, cache_dir)
+    return {"precision": chosen, "reason": reason, **figures, "checked": int(len(idx)), "tried": tried}
+
+
+def _store(backbone: Any, dataset: Any, feats: np.ndarray, precision: str, cache_dir: Any) -> None:
+    """``feats`` of ``dataset`` into the feature cache of ``backbone`` at ``precision``, as :func:`.extract.extract_features` keys them."""
+    from .cache import FeatureCache, backbone_fingerprint, default_cache_dir, item_keys
+    from .extract import image_cache_fingerprint
+
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    key = image_cache_fingerprint(backbone_fingerprint(backbone), precision)
+    store = FeatureCache(root, key)
+    store.add(item_keys(key, len(dataset), dataset.item_bytes), np.asarray(feats, dtype=np.float32))
+    store.flush()
 
 
 def run_precisions(backbone: Any, dataset: Any, *, batch_size: int = 64, cache_dir: Any = None) -> dict[str, tuple[np.ndarray, float]]:
