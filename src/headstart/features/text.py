@@ -313,6 +313,8 @@ def extract_text_features(
     items = dataset.items
     order = missing[np.argsort([-len(items[i]) for i in missing], kind="stable")]
     t1, cut, runner = time.perf_counter(), 0, None
+    # Tokenization runs inline, not overlapped with the encoder as image decoding is (issue 16): it is
+    # 1.8 % of the time (minilm_l6, 2,000 Rotten Tomatoes snippets of 110 characters: 0.135 of 7.55 s).
     with _eval_mode(backbone), _progress_bar(len(order), progress) as advance:
         try:
             for rows in _token_budget_batches(backbone, items, order, batch_size):
