@@ -146,7 +146,8 @@ class BackboneSettings:
     weights: str | None = opt(None, "Local weights file or folder for the backbone.")
     runtime: str = opt("auto", "Feature extraction runtime: auto | openvino | onnx | torch.")
     feature_precision: str = opt("auto", "Image feature precision on CPU: auto (bf16 where a check on the run's training images shows it agrees "
-                         "with fp32: probe agreement >= 99.5%, feature cosine >= 0.999) | f32 | bf16 (unchecked).")
+                         "with fp32: probe agreement >= 99.5%, feature cosine >= 0.999; all-bf16 or the first layers in fp32 and the rest "
+                         "in bf16, whichever agrees and is fastest) | f32 | bf16 (all-bf16, unchecked).")
     cache: bool = opt(True, "Read and write the feature cache.", cli=("--cache/--no-cache",))
 
     def __post_init__(self) -> None:
