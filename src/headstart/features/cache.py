@@ -44,6 +44,11 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "headstart"
 
 
+def cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    """``cache_dir`` with ``~`` expanded, or :func:`default_cache_dir` when it is ``None``."""
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
 def backbone_fingerprint(backbone) -> str:
     """A hex key that changes whenever the backbone's features could change.
 
@@ -75,7 +80,7 @@ class FeatureCache:
     """The blocks of one backbone fingerprint: look rows up by key, add new rows, flush blocks."""
 
     def __init__(self, cache_dir: str | os.PathLike | None, fingerprint: str, *, flush_every: int = 4096):
-        self.root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        self.root = cache_root(cache_dir)
         self.dir = self.root / "features" / fingerprint
         self.flush_every = flush_every
         self._pending_keys: list[bytes] = []

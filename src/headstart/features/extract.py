@@ -24,7 +24,7 @@ import torch
 
 from .._util import available_cores
 from ..data.dataset import LabeledDataset, TorchDataset
-from .cache import FeatureCache, backbone_fingerprint, default_cache_dir, item_keys
+from .cache import FeatureCache, backbone_fingerprint, cache_root, item_keys
 from . import precision as _precision
 from .precision import backbone_precision
 from .runtime import RUNTIMES, make_runner
@@ -94,7 +94,7 @@ def extract_features(
     t0 = time.perf_counter()
     n, dim = len(dataset), int(backbone.num_features)
     out = np.empty((n, dim), dtype=np.float32)
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    root = cache_root(cache_dir)
     need_fp = cache or runtime != "torch"
     fingerprint = backbone_fingerprint(backbone) if need_fp else ""
     if precision is None:
@@ -111,9 +111,7 @@ def extract_features(
     store, keys = None, None
     missing = np.arange(n)
     if cache and n:
-        cache_fp = image_cache_fingerprint(fingerprint, precision)
-        store = FeatureCache(root, cache_fp)
-        keys = item_keys(cache_fp, n, dataset.item_bytes)
+        store, keys = image_cache(root, fingerprint, precision, dataset)
         found = store.lookup(keys, out)
         missing = np.flatnonzero(~found)
         logger.info("features: %d of %d items cached (%.2fs to hash and look up)", n - len(missing), n, time.perf_counter() - t0)
@@ -149,6 +147,12 @@ def extract_features(
         len(missing), f"{runner.name} {getattr(runner, 'precision', 'f32')}" if runner else "-", dt, len(missing) / max(dt, 1e-9), stats.get("plan", "one batch"),
     )
     return out
+
+
+def image_cache(root: Path, fingerprint: str, precision: str, dataset: LabeledDataset) -> tuple[FeatureCache, list[bytes]]:
+    """The feature cache of the image backbone with ``fingerprint`` at ``precision``, and the keys of ``dataset``'s items in it."""
+    key = image_cache_fingerprint(fingerprint, precision)
+    return FeatureCache(root, key), item_keys(key, len(dataset), dataset.item_bytes)
 
 
 def image_cache_fingerprint(fingerprint: str, precision: str = "f32") -> str:

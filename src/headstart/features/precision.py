@@ -23,7 +23,6 @@ own cache key. ``--feature-precision f32`` never uses bf16; ``bf16`` skips the c
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -145,14 +144,12 @@ def check(backbone: Any, dataset: Any, *, batch_size: int = 64, cache: bool = Tr
 
 
 def _store(backbone: Any, dataset: Any, feats: np.ndarray, precision: str, cache_dir: Any) -> None:
-    """``feats`` of ``dataset`` into the feature cache of ``backbone`` at ``precision``, as :func:`.extract.extract_features` keys them."""
-    from .cache import FeatureCache, backbone_fingerprint, default_cache_dir, item_keys
-    from .extract import image_cache_fingerprint
+    """``feats`` of ``dataset`` into the feature cache of ``backbone`` at ``precision``, keyed as :func:`.extract.extract_features` looks them up."""
+    from .cache import backbone_fingerprint, cache_root
+    from .extract import image_cache
 
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    key = image_cache_fingerprint(backbone_fingerprint(backbone), precision)
-    store = FeatureCache(root, key)
-    store.add(item_keys(key, len(dataset), dataset.item_bytes), np.asarray(feats, dtype=np.float32))
+    store, keys = image_cache(cache_root(cache_dir), backbone_fingerprint(backbone), precision, dataset)
+    store.add(keys, np.asarray(feats, dtype=np.float32))
     store.flush()
 
 
@@ -163,12 +160,12 @@ def run_precisions(backbone: Any, dataset: Any, *, batch_size: int = 64, cache_d
 
     from .._util import available_cores
     from ..data.dataset import TorchDataset
-    from .cache import backbone_fingerprint, default_cache_dir
+    from .cache import backbone_fingerprint, cache_root
     from .extract import _decoded_batches, _eval_mode
     from .runtime import make_runner, onnx_model
     from .split import MIXED, fp32_prefix_cuts
 
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    root = cache_root(cache_dir)
     fingerprint = backbone_fingerprint(backbone)
     tds = TorchDataset(dataset, backbone.preprocessing.transform())
     out: dict[str, tuple[np.ndarray, float]] = {}

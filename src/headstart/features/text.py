@@ -30,7 +30,7 @@ import torch
 from .._io import atomic_path
 from .._util import available_cores
 from ..data.dataset import LabeledDataset
-from .cache import FeatureCache, backbone_fingerprint, default_cache_dir, item_keys
+from .cache import FeatureCache, backbone_fingerprint, cache_root, item_keys
 from .runtime import OPSET, _device_of, _ov_compiled, compare_outputs, onnx_path, verified_onnx, verified_openvino
 
 logger = logging.getLogger("headstart.features")
@@ -300,7 +300,7 @@ def extract_text_features(
     t0 = time.perf_counter()
     n, dim = len(dataset), int(backbone.num_features)
     out = np.empty((n, dim), dtype=np.float32)
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    root = cache_root(cache_dir)
     fingerprint = backbone_fingerprint(backbone)
     store, keys, missing = None, None, np.arange(n)
     if cache and n:
